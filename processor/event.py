@@ -1,0 +1,268 @@
+"""The event model: validation of what clients send, and the bytes that travel on the stream.
+
+An accepted event is a plain dict of the SPEC fields with exact types, encoded once with orjson.
+Validation never coerces: a wrong type rejects the event with an error that names the field.
+`null` counts as absent, as Segment's libraries send `"userId": null`.
+
+On the stream a record is either an event (`{"event_id": ..., ...}`) or a dead letter
+(`{"dead_letter": {"stage": ..., "reason": ..., "payload": ...}}`) that the front end could not
+accept and the consumer files in `shardflow_dead_letters` (the front end never touches the
+warehouse).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+import uuid_utils
+
+from processor.streams.base import MAX_RECORD_BYTES
+
+__all__ = [
+    "EVENT_TYPES",
+    "OBJECT_FIELDS",
+    "STRING_FIELDS",
+    "DeadLetterRecord",
+    "EventError",
+    "Limits",
+    "decode_record",
+    "encode_dead_letter",
+    "encode_event",
+    "format_ts",
+    "new_event_id",
+    "parse_ts",
+    "partition_key",
+    "validate_event",
+]
+
+STRING_FIELDS: Final = (
+    "event_id",
+    "type",
+    "url",
+    "referrer",
+    "title",
+    "user_id",
+    "anonymous_id",
+    "session_id",
+    "user_agent",
+    "ip",
+    "name",
+)
+OBJECT_FIELDS: Final = ("properties", "context", "traits")
+KNOWN_FIELDS: Final = frozenset((*STRING_FIELDS, *OBJECT_FIELDS, "ts", "received_at"))
+EVENT_TYPES: Final = frozenset(("page", "track", "identify", "screen", "group", "alias"))
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on one event; beyond them the event is rejected, never truncated."""
+
+    max_string: int = 8192
+    """Characters in a string field (URLs and user agents included)."""
+    max_event_id: int = 128
+    max_object_keys: int = 1000
+    """Keys in properties/context/traits, counted through nested objects and arrays."""
+    max_depth: int = 32
+    max_past_seconds: float = 366 * 24 * 3600.0
+    max_future_seconds: float = 24 * 3600.0
+    max_record_bytes: int = MAX_RECORD_BYTES - 512
+    """Encoded event size; the stream's 1 MiB record limit less room for the partition key."""
+
+
+DEFAULT_LIMITS: Final = Limits()
+
+
+class EventError(ValueError):
+    """An event broke the contract. `field` names the offending field ("" for the whole event)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}" if field else problem)
+
+
+def new_event_id() -> str:
+    """A server-side UUIDv7: time-ordered, so warehouse indexes stay append-mostly."""
+    return str(uuid_utils.uuid7())
+
+
+def format_ts(epoch_seconds: float) -> str:
+    """ISO-8601 UTC with milliseconds and a `Z`, the one form times take on the stream."""
+    dt = datetime.fromtimestamp(epoch_seconds, UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def parse_ts(value: object, field: str = "ts") -> float:
+    """Epoch seconds from an ISO-8601 string or a number of epoch milliseconds."""
+    if isinstance(value, bool):
+        raise EventError(field, "must be an ISO-8601 string or epoch milliseconds, not a boolean")
+    if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise EventError(field, "must be a finite number of epoch milliseconds")
+        return float(value) / 1000.0
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            dt = datetime.fromisoformat(text)
+        except ValueError:
+            raise EventError(field, f"is not an ISO-8601 timestamp: {value[:64]!r}") from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        return dt.timestamp()
+    raise EventError(field, f"must be an ISO-8601 string or epoch milliseconds, not {_type_name(value)}")
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _count_keys(value: object, field: str, limits: Limits) -> None:
+    """Bound the size and depth of a nested value without recursion (no stack to overflow)."""
+    keys = 0
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limits.max_depth:
+            raise EventError(field, f"is nested deeper than {limits.max_depth} levels")
+        if isinstance(item, dict):
+            keys += len(item)
+            if keys > limits.max_object_keys:
+                raise EventError(field, f"has more than {limits.max_object_keys} fields")
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            keys += len(item)
+            if keys > limits.max_object_keys:
+                raise EventError(field, f"has more than {limits.max_object_keys} fields")
+            stack.extend((v, depth + 1) for v in item)
+
+
+def validate_event(
+    raw: object,
+    *,
+    received_at: float,
+    ip: str | None = None,
+    user_agent: str | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> dict[str, Any]:
+    """The canonical event for one client object, or EventError naming the first bad field.
+
+    `received_at` (epoch seconds), `ip` and `user_agent` come from the request; the client's
+    own `ip`/`user_agent` win when given, as Segment's `context.ip` does.
+    """
+    if not isinstance(raw, dict):
+        raise EventError("", f"an event must be a JSON object, not {_type_name(raw)}")
+    for key in raw:
+        if key not in KNOWN_FIELDS:
+            shown = key if len(key) <= 64 else key[:64] + "..."
+            raise EventError(shown, "is not a known field")
+    event: dict[str, Any] = {}
+    for key in STRING_FIELDS:
+        value = raw.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise EventError(key, f"must be a string, not {_type_name(value)}")
+        limit = limits.max_event_id if key == "event_id" else limits.max_string
+        if len(value) > limit:
+            raise EventError(key, f"is longer than {limit} characters")
+        event[key] = value
+    kind = event.setdefault("type", "page")
+    if kind not in EVENT_TYPES:
+        raise EventError(
+            "type", f"unknown type {kind[:64]!r}; expected one of {', '.join(sorted(EVENT_TYPES))}"
+        )
+    if "event_id" not in event:
+        event["event_id"] = new_event_id()
+    elif not event["event_id"].strip():
+        raise EventError("event_id", "must not be empty")
+    ts = raw.get("ts")
+    if ts is not None:
+        seconds = parse_ts(ts)
+        if seconds < received_at - limits.max_past_seconds:
+            raise EventError("ts", f"is more than {limits.max_past_seconds:.0f} s in the past")
+        if seconds > received_at + limits.max_future_seconds:
+            raise EventError("ts", f"is more than {limits.max_future_seconds:.0f} s in the future")
+        event["ts"] = format_ts(seconds)
+    event["received_at"] = format_ts(received_at)
+    for key in OBJECT_FIELDS:
+        value = raw.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise EventError(key, f"must be an object, not {_type_name(value)}")
+        _count_keys(value, key, limits)
+        event[key] = value
+    if "ip" not in event and ip is not None:
+        event["ip"] = ip
+    if "user_agent" not in event and user_agent is not None:
+        event["user_agent"] = user_agent
+    return event
+
+
+def partition_key(event: Mapping[str, Any]) -> str:
+    """anonymous_id, else user_id, else event_id: one visitor's events stay in order on one shard."""
+    key = event.get("anonymous_id") or event.get("user_id") or event["event_id"]
+    return str(key)[:256]
+
+
+def encode_event(event: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS) -> bytes:
+    """The record bytes of an accepted event; EventError if it would exceed the record limit."""
+    try:
+        data = orjson.dumps(event)
+    except TypeError as exc:
+        raise EventError("", f"cannot be encoded: {exc}") from None
+    if len(data) > limits.max_record_bytes:
+        raise EventError("", f"is {len(data)} bytes encoded; the limit is {limits.max_record_bytes}")
+    return data
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRecord:
+    stage: str
+    reason: str
+    payload: str
+
+
+def encode_dead_letter(stage: str, reason: str, payload: bytes | str, max_bytes: int = 256 * 1024) -> bytes:
+    """A dead-letter record for the stream; the payload is kept verbatim up to `max_bytes`."""
+    text = payload.decode("utf-8", "backslashreplace") if isinstance(payload, bytes) else payload
+    if len(text) > max_bytes:
+        text = text[:max_bytes] + "...[truncated]"
+    return orjson.dumps({"dead_letter": {"stage": stage, "reason": reason, "payload": text}})
+
+
+def decode_record(data: bytes) -> dict[str, Any] | DeadLetterRecord:
+    """An event dict or a dead letter from record bytes; EventError if the bytes are neither."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise EventError("", f"record is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise EventError("", f"record must be a JSON object, not {_type_name(obj)}")
+    letter = obj.get("dead_letter")
+    if isinstance(letter, dict):
+        return DeadLetterRecord(
+            stage=str(letter.get("stage", "ingest")),
+            reason=str(letter.get("reason", "")),
+            payload=str(letter.get("payload", "")),
+        )
+    if not isinstance(obj.get("event_id"), str) or not isinstance(obj.get("received_at"), str):
+        raise EventError("", "record lacks event_id or received_at")
+    return obj
