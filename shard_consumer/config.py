@@ -1,4 +1,4 @@
-"""Configuration of one consumer process; built from flags, SHARDFLOW_* variables and TOML by processor.config."""
+"""Configuration of one consumer process; built from flags, variables and TOML by processor.config."""
 
 from __future__ import annotations
 
