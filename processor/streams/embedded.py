@@ -1,0 +1,255 @@
+"""`EmbeddedStream`: the `Stream` protocol on one SQLite file, for one machine.
+
+An append-only log with Kinesis semantics (see `embedded_log`): shards over the 128-bit hash-key
+space, per-shard sequence numbers, opaque iterators that expire, retention, split/merge/uniform
+resharding. Several processes (front ends, consumers) may use the same file at once.
+
+All SQLite work runs on one thread dedicated to this object, never on the event loop; `sqlite3`
+errors are translated into `processor.errors` in `_call`, the one place that touches them. A put
+is checked against the Kinesis limits before anything is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+import orjson
+
+from processor.errors import (
+    ExpiredIterator,
+    InvalidRequest,
+    StreamNotFound,
+    StreamUnavailable,
+)
+from processor.streams.base import (
+    MAX_GET_BYTES,
+    MAX_GET_RECORDS,
+    MAX_HASH_KEY,
+    MAX_PUT_BYTES,
+    MAX_PUT_RECORDS,
+    MAX_RECORD_BYTES,
+    GetRecordsResult,
+    IteratorType,
+    PutRecord,
+    PutResult,
+    StreamDescription,
+    hash_key,
+)
+from processor.streams.embedded_log import LogError, NoSuchStream, SqliteLog
+from processor.uris import query_params, sqlite_path
+
+__all__ = ["DEFAULT_STREAM_NAME", "ITERATOR_TTL", "RETENTION", "EmbeddedStream"]
+
+DEFAULT_STREAM_NAME = "shardflow"
+ITERATOR_TTL = 300.0
+"""Seconds an iterator stays valid, as Kinesis's five minutes."""
+RETENTION = 24 * 3600.0
+"""Seconds a record is kept, as Kinesis's default 24 hours."""
+MAX_PARTITION_KEY_CHARS = 256
+
+T = TypeVar("T")
+
+
+class EmbeddedStream:
+    """A Kinesis-like stream stored in the SQLite file `path` under the stream name `name`."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        name: str = DEFAULT_STREAM_NAME,
+        *,
+        iterator_ttl: float = ITERATOR_TTL,
+        retention: float = RETENTION,
+        busy_timeout: float = 10.0,
+    ) -> None:
+        self.path = Path(path)
+        self.name = name
+        self.iterator_ttl = iterator_ttl
+        self.retention = retention
+        self.busy_timeout = busy_timeout
+        self._executor: ThreadPoolExecutor | None = None
+        self._log: SqliteLog | None = None
+
+    @classmethod
+    def from_uri(cls, uri: str, **options: float) -> EmbeddedStream:
+        """`sqlite:///rel/stream.db` or `sqlite:////abs/stream.db`, optionally `?name=NAME`."""
+        name = query_params(uri).get("name") or DEFAULT_STREAM_NAME
+        return cls(sqlite_path(uri), name, **options)
+
+    def __repr__(self) -> str:
+        return f"EmbeddedStream({str(self.path)!r}, {self.name!r})"
+
+    async def __aenter__(self) -> EmbeddedStream:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # -- the one boundary to SQLite ------------------------------------------------------------
+
+    def _open_log(self) -> SqliteLog:
+        if self._log is None:
+            self._log = SqliteLog(
+                self.path, self.name, busy_timeout=self.busy_timeout, retention=self.retention
+            )
+        return self._log
+
+    async def _call(self, fn: Callable[[SqliteLog], T]) -> T:
+        """Run `fn` on the stream's thread and translate what SQLite raises."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"embedded-{self.name}")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, lambda: fn(self._open_log()))
+        except NoSuchStream:
+            raise StreamNotFound(f"stream {self.name!r} does not exist in {self.path}") from None
+        except LogError as exc:
+            raise InvalidRequest(str(exc)) from None
+        except sqlite3.OperationalError as exc:
+            raise StreamUnavailable(f"embedded stream {self.path}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StreamUnavailable(f"embedded stream {self.path} is unusable: {exc}") from exc
+
+    async def close(self) -> None:
+        """Close the connection and its thread. Idempotent; a later call opens them again."""
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+
+        def close_log() -> None:
+            log, self._log = self._log, None
+            if log is not None:
+                log.close()
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(executor, close_log)
+        finally:
+            executor.shutdown(wait=False)
+
+    # -- Stream --------------------------------------------------------------------------------
+
+    async def create(self, shard_count: int) -> None:
+        if shard_count < 1:
+            raise InvalidRequest(f"shard count must be at least 1, got {shard_count}")
+        await self._call(lambda log: log.create(shard_count))
+
+    async def describe(self) -> StreamDescription:
+        shards = await self._call(lambda log: log.describe())
+        return StreamDescription(
+            name=self.name,
+            status="ACTIVE",
+            shards=tuple(shards),
+            retention_hours=max(1, round(self.retention / 3600)),
+        )
+
+    async def put_records(self, records: Sequence[PutRecord]) -> list[PutResult]:
+        keys = _check_put(records)
+        return await self._call(lambda log: log.put(records, keys))
+
+    async def get_shard_iterator(
+        self,
+        shard_id: str,
+        iterator_type: IteratorType,
+        *,
+        sequence_number: str | None = None,
+        timestamp: float | None = None,
+    ) -> str:
+        kind = IteratorType(iterator_type)
+        if kind in (IteratorType.AT_SEQUENCE_NUMBER, IteratorType.AFTER_SEQUENCE_NUMBER):
+            if sequence_number is None:
+                raise InvalidRequest(f"{kind} needs a sequence number")
+        elif kind is IteratorType.AT_TIMESTAMP and timestamp is None:
+            raise InvalidRequest("AT_TIMESTAMP needs a timestamp")
+        local = await self._call(lambda log: log.position(shard_id, kind, sequence_number, timestamp))
+        return self._iterator(shard_id, local)
+
+    async def get_records(self, iterator: str, limit: int = MAX_GET_RECORDS) -> GetRecordsResult:
+        if not 1 <= limit <= MAX_GET_RECORDS:
+            raise InvalidRequest(f"limit must be between 1 and {MAX_GET_RECORDS}, got {limit}")
+        shard_id, local = self._decode_iterator(iterator)
+        result = await self._call(lambda log: log.read(shard_id, local, limit, MAX_GET_BYTES))
+        return GetRecordsResult(
+            records=result.records,
+            next_iterator=None if result.at_end else self._iterator(shard_id, result.next_local),
+            millis_behind_latest=result.millis_behind,
+            child_shard_ids=result.child_shard_ids,
+        )
+
+    async def split_shard(self, shard_id: str, new_starting_hash_key: int | None = None) -> None:
+        await self._call(lambda log: log.split_shard(shard_id, new_starting_hash_key))
+
+    async def merge_shards(self, shard_id: str, adjacent_shard_id: str) -> None:
+        await self._call(lambda log: log.merge_shards(shard_id, adjacent_shard_id))
+
+    async def update_shard_count(self, target: int) -> None:
+        if target < 1:
+            raise InvalidRequest(f"target shard count must be at least 1, got {target}")
+        await self._call(lambda log: log.update_shard_count(target))
+
+    async def trim(self) -> int:
+        """Delete records older than the retention now (puts also do it once in a while)."""
+        return await self._call(lambda log: log.trim())
+
+    # -- iterators -----------------------------------------------------------------------------
+
+    def _iterator(self, shard_id: str, local: int) -> str:
+        token = orjson.dumps([self.name, shard_id, local, time.time()])
+        return base64.urlsafe_b64encode(token).decode("ascii")
+
+    def _decode_iterator(self, iterator: str) -> tuple[str, int]:
+        try:
+            name, shard_id, local, issued = orjson.loads(base64.urlsafe_b64decode(iterator))
+        except (ValueError, TypeError, binascii.Error):
+            raise InvalidRequest(f"invalid shard iterator {iterator[:40]!r}") from None
+        if name != self.name:
+            raise InvalidRequest(f"shard iterator is for stream {name!r}, not {self.name!r}")
+        age = time.time() - float(issued)
+        if age > self.iterator_ttl:
+            raise ExpiredIterator(
+                f"shard iterator for {shard_id} expired {age - self.iterator_ttl:.1f}s ago"
+                f" (valid for {self.iterator_ttl:g}s): get a new one from the last sequence read"
+            )
+        return str(shard_id), int(local)
+
+
+def _check_put(records: Sequence[PutRecord]) -> list[int]:
+    """The hash key of every record; InvalidRequest naming the first limit a put breaks."""
+    if not records:
+        raise InvalidRequest("PutRecords needs at least 1 record")
+    if len(records) > MAX_PUT_RECORDS:
+        raise InvalidRequest(f"PutRecords takes at most {MAX_PUT_RECORDS} records, got {len(records)}")
+    keys = []
+    total = 0
+    for i, record in enumerate(records):
+        pk = record.partition_key
+        if not 1 <= len(pk) <= MAX_PARTITION_KEY_CHARS:
+            raise InvalidRequest(
+                f"record {i}: partition key must be 1 to {MAX_PARTITION_KEY_CHARS} characters, got {len(pk)}"
+            )
+        size = len(record.data) + len(pk.encode("utf-8"))
+        if size > MAX_RECORD_BYTES:
+            raise InvalidRequest(
+                f"record {i}: data plus partition key is {size} bytes, over the {MAX_RECORD_BYTES} limit"
+            )
+        total += size
+        explicit = record.explicit_hash_key
+        if explicit is None:
+            keys.append(hash_key(pk))
+        elif 0 <= explicit <= MAX_HASH_KEY:
+            keys.append(explicit)
+        else:
+            raise InvalidRequest(f"record {i}: explicit hash key {explicit} is outside 0..2^128-1")
+    if total > MAX_PUT_BYTES:
+        raise InvalidRequest(f"PutRecords payload is {total} bytes, over the {MAX_PUT_BYTES} limit")
+    return keys
