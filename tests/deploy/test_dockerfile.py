@@ -50,12 +50,7 @@ def _run_words(inst: Instruction) -> list[list[str]]:
 
 
 def _pip_commands(stage: Stage, verb: str) -> list[list[str]]:
-    found = []
-    for inst in stage.all("RUN"):
-        for cmd in _run_words(inst):
-            if "pip" in cmd and verb in cmd:
-                found.append(cmd)
-    return found
+    return [cmd for inst in stage.all("RUN") for cmd in _run_words(inst) if "pip" in cmd and verb in cmd]
 
 
 def test_final_stage_is_slim_python_run_as_a_non_root_user(dockerfile: Dockerfile) -> None:
@@ -111,8 +106,7 @@ def _image_env(final: Stage, venv: Path, **overrides: str) -> dict[str, str]:
         "HOME": str(venv.parent / "home"),
         "LANG": "C.UTF-8",
     }
-    for key, value in final.env().items():
-        env[key] = value
+    env.update(final.env())
     env["PATH"] = f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin"
     env.update(overrides)
     return env
