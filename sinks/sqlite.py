@@ -1,0 +1,423 @@
+"""The embedded warehouse: one SQLite file in WAL mode, shared safely by several processes.
+
+Every SQLite call runs in one dedicated thread (never on the event loop). Writes are
+`BEGIN IMMEDIATE` transactions, so the fence check, the rows, the dead letters and the
+checkpoint of a batch commit together or not at all, and two processes never interleave them.
+`query` uses a second, read-only connection (`mode=ro`, `PRAGMA query_only`).
+
+SQLite has no server clock; the lease clock is this machine's, which is all processes sharing
+one file ever see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sqlite3
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.request import pathname2url
+
+from processor import metrics
+from processor.errors import ConfigError, InvalidRequest, LeaseLost, WarehouseUnavailable
+from processor.streams.base import ShardInfo
+from processor.uris import sqlite_path
+from sinks._shared import LOAD_COLUMNS, lease_from_row, parents_json, record_commit
+from sinks.base import (
+    PAGE_VIEW_COLUMNS,
+    Batch,
+    Checkpoint,
+    Lease,
+    PageView,
+    QueryResult,
+    StoredDeadLetter,
+)
+from sinks.schema import VERSION_TABLE, pending_steps
+
+__all__ = ["SqliteWarehouse"]
+
+T = TypeVar("T")
+
+_INSERT_ROW = (
+    f"INSERT OR IGNORE INTO page_views ({LOAD_COLUMNS}) VALUES ({', '.join('?' for _ in PAGE_VIEW_COLUMNS)})"
+)
+_INSERT_DEAD = (
+    "INSERT INTO shardflow_dead_letters (stage, reason, payload, shard_id, sequence_number, created_at) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+_UPSERT_CHECKPOINT = (
+    "INSERT INTO shardflow_checkpoints (stream, shard_id, sequence_number, lease_counter, updated_at) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (stream, shard_id) DO UPDATE SET "
+    "sequence_number = excluded.sequence_number, lease_counter = excluded.lease_counter, "
+    "updated_at = excluded.updated_at"
+)
+_SELECT_LEASES = (
+    "SELECT l.stream, l.shard_id, l.owner, l.lease_counter, l.expires_at, l.parent_shard_ids, "
+    "c.sequence_number, l.handoff_to FROM shardflow_leases l LEFT JOIN shardflow_checkpoints c "
+    "ON c.stream = l.stream AND c.shard_id = l.shard_id WHERE l.stream = ?"
+)
+_PING_TIMEOUT = 2.0
+
+
+def _iso(dt: datetime | None) -> str | None:
+    if dt is None:
+        return None
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _now_iso() -> str:
+    return _iso(datetime.now(UTC)) or ""
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def _row(view: PageView) -> tuple[object, ...]:
+    values: list[object] = list(view)
+    values[2] = _iso(view.ts)
+    values[3] = _iso(view.received_at)
+    values[25] = 1 if view.is_bot else 0
+    return tuple(values)
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+class SqliteWarehouse:
+    """`sinks.base.Warehouse` on one SQLite file; see the module docstring for the guarantees."""
+
+    def __init__(self, path: Path | str, *, busy_timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        self.busy_timeout = busy_timeout
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._start_lock = asyncio.Lock()
+
+    @classmethod
+    def from_uri(cls, uri: str) -> SqliteWarehouse:
+        return cls(sqlite_path(uri))
+
+    def __repr__(self) -> str:
+        return f"SqliteWarehouse({str(self.path)!r})"
+
+    async def __aenter__(self) -> SqliteWarehouse:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        async with self._start_lock:
+            if self._conn is not None:
+                return
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="sqlite-warehouse")
+            await self._call(self._open)
+
+    def _open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the directory of {self.path}: {exc}") from exc
+        conn = sqlite3.connect(
+            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+            self._migrate(conn)
+            reader = sqlite3.connect(
+                f"file:{pathname2url(str(self.path.resolve()))}?mode=ro",
+                uri=True,
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            reader.execute("PRAGMA query_only=ON")
+        except BaseException:
+            conn.close()
+            raise
+        self._conn, self._reader = conn, reader
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(VERSION_TABLE["sqlite"])
+            current = conn.execute(
+                "SELECT coalesce(max(version), 0) FROM shardflow_schema_version"
+            ).fetchone()
+            for version, statements in pending_steps("sqlite", int(current[0])):
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO shardflow_schema_version (version, applied_at) VALUES (?, ?)",
+                    (version, _now_iso()),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    async def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        conn, reader = self._conn, self._reader
+        self._conn = self._reader = None
+
+        def shut() -> None:
+            for c in (reader, conn):
+                if c is not None:
+                    c.close()
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(executor, shut)
+        finally:
+            executor.shutdown(wait=False)
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn` in the SQLite thread; sqlite3 errors become shardflow errors here, only here."""
+        if self._executor is None:
+            await self.start()
+        assert self._executor is not None
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except sqlite3.Error as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "unable to open" in str(exc):
+                raise ConfigError(f"cannot open SQLite warehouse {self.path}: {exc}") from exc
+            raise WarehouseUnavailable(f"SQLite warehouse {self.path}: {exc}") from exc
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise WarehouseUnavailable(f"SQLite warehouse {self.path} is closed")
+        return self._conn
+
+    def _transaction(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._db()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = body(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return result
+
+    # -- Sink --------------------------------------------------------------------------------
+
+    async def write_batch(self, batch: Batch) -> int:
+        started = time.perf_counter()
+        new: int = await self._call(self._transaction, lambda conn: self._write(conn, batch))
+        record_commit(started, new, batch.dead_letters)
+        return new
+
+    @staticmethod
+    def _write(conn: sqlite3.Connection, batch: Batch) -> int:
+        lease = conn.execute(
+            "SELECT owner, lease_counter FROM shardflow_leases WHERE stream = ? AND shard_id = ?",
+            (batch.stream, batch.shard_id),
+        ).fetchone()
+        if lease is None or lease[0] != batch.fence.owner or lease[1] != batch.fence.lease_counter:
+            metrics.SINK_COMMITS.labels(result="lease_lost").inc()
+            raise LeaseLost(
+                f"lease on {batch.stream}/{batch.shard_id} is no longer "
+                f"{batch.fence.owner}#{batch.fence.lease_counter}"
+            )
+        before = conn.total_changes
+        conn.executemany(_INSERT_ROW, map(_row, batch.rows))
+        new = conn.total_changes - before
+        now = _now_iso()
+        if batch.dead_letters:
+            conn.executemany(
+                _INSERT_DEAD,
+                [
+                    (d.stage, d.reason, d.payload, d.shard_id, d.sequence_number, now)
+                    for d in batch.dead_letters
+                ],
+            )
+        conn.execute(
+            _UPSERT_CHECKPOINT,
+            (batch.stream, batch.shard_id, batch.checkpoint, batch.fence.lease_counter, now),
+        )
+        return new
+
+    async def get_checkpoint(self, stream: str, shard_id: str) -> str | None:
+        def get() -> str | None:
+            row = (
+                self._db()
+                .execute(
+                    "SELECT sequence_number FROM shardflow_checkpoints WHERE stream = ? AND shard_id = ?",
+                    (stream, shard_id),
+                )
+                .fetchone()
+            )
+            return None if row is None else str(row[0])
+
+        return await self._call(get)
+
+    async def checkpoints(self, stream: str) -> list[Checkpoint]:
+        def get() -> list[Checkpoint]:
+            rows = (
+                self._db()
+                .execute(
+                    "SELECT stream, shard_id, sequence_number, lease_counter, updated_at "
+                    "FROM shardflow_checkpoints WHERE stream = ? ORDER BY shard_id",
+                    (stream,),
+                )
+                .fetchall()
+            )
+            return [Checkpoint(r[0], r[1], r[2], int(r[3]), _parse_time(r[4])) for r in rows]
+
+        return await self._call(get)
+
+    async def list_dead_letters(
+        self, *, stage: str | None = None, reason_like: str | None = None, limit: int = 1000
+    ) -> list[StoredDeadLetter]:
+        def get() -> list[StoredDeadLetter]:
+            sql = (
+                "SELECT id, stage, reason, payload, shard_id, sequence_number, created_at "
+                "FROM shardflow_dead_letters WHERE (? IS NULL OR stage = ?) "
+                "AND (? IS NULL OR reason LIKE ?) ORDER BY id LIMIT ?"
+            )
+            rows = self._db().execute(sql, (stage, stage, reason_like, reason_like, limit)).fetchall()
+            return [StoredDeadLetter(r[0], r[1], r[2], r[3], r[4], r[5], _parse_time(r[6])) for r in rows]
+
+        return await self._call(get)
+
+    async def delete_dead_letters(self, ids: Sequence[int]) -> int:
+        def delete(conn: sqlite3.Connection) -> int:
+            before = conn.total_changes
+            for start in range(0, len(ids), 500):
+                chunk = list(ids[start : start + 500])
+                marks = ", ".join("?" for _ in chunk)
+                conn.execute(f"DELETE FROM shardflow_dead_letters WHERE id IN ({marks})", chunk)
+            return conn.total_changes - before
+
+        if not ids:
+            return 0
+        return await self._call(self._transaction, delete)
+
+    async def query(self, sql: str, *, limit: int = 10_000) -> QueryResult:
+        def run() -> QueryResult:
+            if self._reader is None:
+                raise WarehouseUnavailable(f"SQLite warehouse {self.path} is closed")
+            try:
+                cursor = self._reader.execute(sql)
+                columns = tuple(d[0] for d in cursor.description or ())
+                rows = [tuple(r) for r in itertools.islice(cursor, max(limit, 0))]
+                cursor.close()
+            except sqlite3.Error as exc:
+                if self._reader.in_transaction:
+                    self._reader.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
+                    raise
+                raise InvalidRequest(f"query refused: {exc}") from exc
+            return QueryResult(columns, rows)
+
+        return await self._call(run)
+
+    async def ping(self) -> bool:
+        try:
+            await asyncio.wait_for(
+                self._call(lambda: self._db().execute("SELECT 1").fetchone()), _PING_TIMEOUT
+            )
+        except (WarehouseUnavailable, ConfigError, TimeoutError):
+            return False
+        return True
+
+    # -- LeaseStore ----------------------------------------------------------------------------
+
+    async def create_leases(self, stream: str, shards: Sequence[ShardInfo]) -> None:
+        def create(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT OR IGNORE INTO shardflow_leases (stream, shard_id, parent_shard_ids) "
+                "VALUES (?, ?, ?)",
+                [(stream, s.shard_id, parents_json(s.parent_shard_ids)) for s in shards],
+            )
+
+        await self._call(self._transaction, create)
+
+    def _leases(self, conn: sqlite3.Connection, stream: str, shard_id: str | None = None) -> list[Lease]:
+        sql, args = _SELECT_LEASES, [stream]
+        if shard_id is not None:
+            sql += " AND l.shard_id = ?"
+            args.append(shard_id)
+        return [lease_from_row(*r) for r in conn.execute(sql + " ORDER BY l.shard_id", args).fetchall()]
+
+    async def list_leases(self, stream: str) -> list[Lease]:
+        return await self._call(lambda: self._leases(self._db(), stream))
+
+    async def take_lease(
+        self, stream: str, shard_id: str, owner: str, expected_counter: int, ttl: float
+    ) -> Lease | None:
+        def take(conn: sqlite3.Connection) -> Lease | None:
+            cursor = conn.execute(
+                "UPDATE shardflow_leases SET owner = ?, lease_counter = lease_counter + 1, "
+                "expires_at = ?, handoff_to = NULL WHERE stream = ? AND shard_id = ? AND lease_counter = ?",
+                (owner, time.time() + ttl, stream, shard_id, expected_counter),
+            )
+            if cursor.rowcount != 1:
+                return None
+            return self._leases(conn, stream, shard_id)[0]
+
+        return await self._call(self._transaction, take)
+
+    async def renew_leases(
+        self, stream: str, owner: str, held: Mapping[str, int], ttl: float
+    ) -> dict[str, Lease]:
+        def renew(conn: sqlite3.Connection) -> dict[str, Lease]:
+            expires = time.time() + ttl
+            kept: dict[str, Lease] = {}
+            for shard_id, counter in held.items():
+                cursor = conn.execute(
+                    "UPDATE shardflow_leases SET expires_at = ? "
+                    "WHERE stream = ? AND shard_id = ? AND owner = ? AND lease_counter = ?",
+                    (expires, stream, shard_id, owner, counter),
+                )
+                if cursor.rowcount == 1:
+                    kept[shard_id] = self._leases(conn, stream, shard_id)[0]
+            return kept
+
+        if not held:
+            return {}
+        return await self._call(self._transaction, renew)
+
+    async def release_lease(self, stream: str, shard_id: str, owner: str, lease_counter: int) -> bool:
+        def release(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "UPDATE shardflow_leases SET owner = NULL, lease_counter = lease_counter + 1, "
+                "expires_at = 0, handoff_to = NULL "
+                "WHERE stream = ? AND shard_id = ? AND owner = ? AND lease_counter = ?",
+                (stream, shard_id, owner, lease_counter),
+            )
+            return cursor.rowcount == 1
+
+        return await self._call(self._transaction, release)
+
+    async def request_handoff(self, stream: str, shard_id: str, requester: str) -> None:
+        def ask(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE shardflow_leases SET handoff_to = ? "
+                "WHERE stream = ? AND shard_id = ? AND owner IS NOT NULL AND owner <> ?",
+                (requester, stream, shard_id, requester),
+            )
+
+        await self._call(self._transaction, ask)
+
+    async def now(self) -> float:
+        return time.time()
