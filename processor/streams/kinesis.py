@@ -1,0 +1,622 @@
+"""Kinesis Data Streams through aiobotocore, within every per-shard service limit.
+
+One long-lived aiobotocore session and client per `KinesisStream`, with a connection pool of
+`max_connections`, so TLS handshakes and credential look-ups happen once. Every call has a
+timeout; botocore's retries are off because shardflow retries itself (the flusher retries only
+the failed records of a PutRecords call, the consumer re-reads from its checkpoint).
+
+Writes are paced by adaptive per-shard token buckets (1,000 records/s, 1 MiB/s) keyed by the shard
+each record is predicted to land on from the cached shard map; reads are paced per shard (5
+calls/s, 2 MiB/s, slower when idle at the tip). With `aggregate=True`, small records are packed
+per predicted shard into KPL-aggregated records; any KPL-aggregated record read is unpacked.
+
+URI: `kinesis://NAME?region=..&endpoint=..` plus optional `timeout` (seconds per call),
+`aggregate` (1/0), `limits=off` (lift every client-side limit, for emulators that never throttle),
+or each limit alone: `shard_write_records`, `shard_write_bytes`, `shard_read_calls`,
+`shard_read_bytes` (a number or `off`) and `idle_wait` (seconds).
+
+Every botocore and aiohttp exception is translated in `_translate`, the one place that does it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    NoRegionError,
+    PartialCredentialsError,
+    ReadTimeoutError,
+)
+
+from processor.errors import (
+    ConfigError,
+    ExpiredIterator,
+    InvalidRequest,
+    ShardflowError,
+    StreamNotFound,
+    StreamUnavailable,
+    Throttled,
+)
+from processor.streams.base import (
+    MAX_GET_RECORDS,
+    MAX_HASH_KEY,
+    MAX_PUT_BYTES,
+    MAX_PUT_RECORDS,
+    MAX_RECORD_BYTES,
+    GetRecordsResult,
+    IteratorType,
+    PutRecord,
+    PutResult,
+    Record,
+    ShardInfo,
+    StreamDescription,
+    hash_key,
+    shard_for_hash,
+)
+from processor.streams.kpl import AggregateBuilder, SubRecord, deaggregate
+from processor.streams.ratelimit import ReadPacer, ShardLimits, WriteLimiter
+from processor.uris import query_params
+
+__all__ = ["KinesisOptions", "KinesisStream"]
+
+_THROTTLE_CODES = frozenset(
+    {"ProvisionedThroughputExceededException", "LimitExceededException", "ThrottlingException"}
+)
+_ACCESS_CODES = frozenset(
+    {
+        "AccessDeniedException",
+        "AccessDenied",
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "ExpiredTokenException",
+        "InvalidClientTokenId",
+        "MissingAuthenticationTokenException",
+        "IncompleteSignature",
+    }
+)
+_RETRY_RECORD_CODES = frozenset({"ProvisionedThroughputExceededException", "InternalFailure"})
+_SHARD_MAP_TTL = 30.0
+_ITERATOR_MEMORY = 50_000
+_CREATE_WAIT = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class KinesisOptions:
+    """Everything a `KinesisStream` is configured with; built from the URI by `from_uri`."""
+
+    name: str
+    region: str | None = None
+    """None: the standard AWS chain (AWS_REGION, AWS_DEFAULT_REGION, profile)."""
+    endpoint: str | None = None
+    """None: the AWS endpoint of the region."""
+    max_connections: int = 16
+    timeout: float = 10.0
+    """Seconds for any one call, connect included."""
+    aggregate: bool = False
+    limits: ShardLimits = field(default_factory=ShardLimits)
+
+
+def _limit(params: dict[str, str], key: str, default: float | None) -> float | None:
+    raw = params.get(key)
+    if raw is None:
+        return default
+    if raw.lower() in {"off", "none", "0"}:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"kinesis URI parameter {key}={raw!r} is not a number or 'off'") from None
+
+
+def _parse_uri(uri: str, max_connections: int, aggregate: bool) -> KinesisOptions:
+    parts = urlsplit(uri)
+    if parts.scheme != "kinesis" or not parts.netloc:
+        raise ConfigError(f"Kinesis URI must look like kinesis://STREAM?region=..&endpoint=..: {uri!r}")
+    params = query_params(uri)
+    known = {
+        "region",
+        "endpoint",
+        "timeout",
+        "aggregate",
+        "limits",
+        "shard_write_records",
+        "shard_write_bytes",
+        "shard_read_calls",
+        "shard_read_bytes",
+        "idle_wait",
+    }
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ConfigError(f"unknown Kinesis URI parameter(s) {', '.join(unknown)} in {uri!r}")
+    base = ShardLimits()
+    if params.get("limits", "").lower() in {"off", "none"}:
+        base = ShardLimits(None, None, None, None, base.idle_wait)
+    limits = ShardLimits(
+        write_records=_limit(params, "shard_write_records", base.write_records),
+        write_bytes=_limit(params, "shard_write_bytes", base.write_bytes),
+        read_calls=_limit(params, "shard_read_calls", base.read_calls),
+        read_bytes=_limit(params, "shard_read_bytes", base.read_bytes),
+        idle_wait=_limit(params, "idle_wait", base.idle_wait) or 0.0,
+    )
+    try:
+        timeout = float(params.get("timeout", "10"))
+    except ValueError:
+        raise ConfigError(f"kinesis URI parameter timeout={params['timeout']!r} is not a number") from None
+    agg = params.get("aggregate")
+    return KinesisOptions(
+        name=parts.netloc,
+        region=params.get("region") or None,
+        endpoint=params.get("endpoint") or None,
+        max_connections=max_connections,
+        timeout=timeout,
+        aggregate=aggregate if agg is None else agg.lower() in {"1", "true", "yes", "on"},
+        limits=limits,
+    )
+
+
+class KinesisStream:
+    """A `Stream` on Kinesis Data Streams (or a Kinesis-compatible endpoint).
+
+    Safe to share between the tasks of one event loop. The client is created on first use and
+    released by `close()` (or `async with`).
+    """
+
+    def __init__(self, options: KinesisOptions) -> None:
+        self.options = options
+        self.name = options.name
+        self._exit = contextlib.AsyncExitStack()
+        self._client: Any = None
+        self._client_lock = asyncio.Lock()
+        self._shards: tuple[ShardInfo, ...] = ()
+        self._shards_at = -_SHARD_MAP_TTL
+        self._shards_lock = asyncio.Lock()
+        self._writes = WriteLimiter(options.limits)
+        self._reads = ReadPacer(options.limits)
+        self._iterator_shard: OrderedDict[str, str] = OrderedDict()
+        self._closed = False
+
+    @classmethod
+    def from_uri(cls, uri: str, *, max_connections: int = 16, aggregate: bool = False) -> KinesisStream:
+        """A stream for `kinesis://NAME?region=..&endpoint=..`; nothing is contacted yet."""
+        return cls(_parse_uri(uri, max_connections, aggregate))
+
+    @property
+    def where(self) -> str:
+        """The endpoint (or region) for error messages."""
+        if self.options.endpoint:
+            return self.options.endpoint
+        if self._client is not None:
+            return str(self._client.meta.endpoint_url)
+        return f"region {self.options.region or '(from the AWS chain)'}"
+
+    async def __aenter__(self) -> KinesisStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self._closed = True
+        client, self._client = self._client, None
+        if client is not None:
+            await self._exit.aclose()
+
+    # --- the one place that talks to botocore -----------------------------------------------
+
+    async def _get_client(self) -> Any:
+        if self._client is not None:
+            return self._client
+        async with self._client_lock:
+            if self._client is None:
+                if self._closed:
+                    raise StreamUnavailable(f"Kinesis stream {self.name!r} is closed")
+                o = self.options
+                config = AioConfig(
+                    max_pool_connections=o.max_connections,
+                    connect_timeout=o.timeout,
+                    read_timeout=o.timeout,
+                    retries={"total_max_attempts": 1, "mode": "standard"},
+                    tcp_keepalive=True,
+                )
+                try:
+                    self._client = await self._exit.enter_async_context(
+                        get_session().create_client(
+                            "kinesis", region_name=o.region, endpoint_url=o.endpoint, config=config
+                        )
+                    )
+                except Exception as exc:
+                    raise self._translate(exc) from exc
+            return self._client
+
+    async def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        client = await self._get_client()
+        try:
+            async with asyncio.timeout(self.options.timeout):
+                result: dict[str, Any] = await getattr(client, operation)(**kwargs)
+                return result
+        except ShardflowError:
+            raise
+        except Exception as exc:
+            raise self._translate(exc, operation) from exc
+
+    def _translate(self, exc: BaseException, operation: str = "connect") -> ShardflowError:
+        """Map a botocore/aiohttp exception to the error a shardflow caller acts on."""
+        where = self.where
+        if isinstance(exc, ClientError):
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code", ""))
+            message = str(error.get("Message", "")) or code
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+            if code == "ResourceNotFoundException":
+                return StreamNotFound(f"Kinesis stream {self.name!r} not found at {where}: {message}")
+            if code in _THROTTLE_CODES:
+                return Throttled(f"Kinesis {operation} throttled on stream {self.name!r}: {message}")
+            if code == "ExpiredIteratorException":
+                return ExpiredIterator(f"shard iterator expired on stream {self.name!r}: {message}")
+            if code in _ACCESS_CODES:
+                return ConfigError(
+                    f"access to Kinesis stream {self.name!r} at {where} denied ({code}): {message}"
+                )
+            if status >= 500 or code in {"InternalFailure", "ServiceUnavailable", "InternalServerError"}:
+                return StreamUnavailable(
+                    f"Kinesis at {where} failed {operation} ({code or status}): {message}"
+                )
+            return InvalidRequest(f"Kinesis {operation} on stream {self.name!r} refused ({code}): {message}")
+        if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+            return ConfigError(
+                "no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, "
+                "or run where an instance/task role is available"
+            )
+        if isinstance(exc, NoRegionError):
+            return ConfigError(
+                f"no AWS region for Kinesis stream {self.name!r}: add ?region=.. to the stream URI "
+                "or set AWS_DEFAULT_REGION"
+            )
+        if isinstance(
+            exc,
+            EndpointConnectionError
+            | ConnectTimeoutError
+            | ReadTimeoutError
+            | ConnectionClosedError
+            | aiohttp.ClientError
+            | OSError
+            | TimeoutError,
+        ):
+            reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+            return StreamUnavailable(f"Kinesis endpoint {where} unreachable during {operation}: {reason}")
+        if isinstance(exc, BotoCoreError | ValueError):
+            return ConfigError(f"Kinesis client for {where} misconfigured: {exc}")
+        return StreamUnavailable(f"Kinesis {operation} at {where} failed: {type(exc).__name__}: {exc}")
+
+    # --- control plane ----------------------------------------------------------------------
+
+    async def create(self, shard_count: int) -> None:
+        try:
+            await self._call("create_stream", StreamName=self.name, ShardCount=shard_count)
+        except InvalidRequest as exc:
+            if "ResourceInUseException" not in str(exc):
+                raise
+        await self._wait_active()
+
+    async def _wait_active(self, timeout: float = _CREATE_WAIT) -> None:
+        deadline = time.monotonic() + timeout
+        interval = 0.05
+        while True:
+            summary = await self._call("describe_stream_summary", StreamName=self.name)
+            if summary["StreamDescriptionSummary"]["StreamStatus"] == "ACTIVE":
+                self._shards_at = -_SHARD_MAP_TTL
+                return
+            if time.monotonic() > deadline:
+                raise StreamUnavailable(f"Kinesis stream {self.name!r} not ACTIVE after {timeout:.0f}s")
+            await asyncio.sleep(interval)
+            interval = min(1.0, interval * 2)
+
+    async def _list_shards(self) -> tuple[ShardInfo, ...]:
+        shards: list[ShardInfo] = []
+        kwargs: dict[str, Any] = {"StreamName": self.name}
+        while True:
+            page = await self._call("list_shards", **kwargs)
+            for s in page.get("Shards", []):
+                parents = tuple(
+                    p for p in (s.get("ParentShardId"), s.get("AdjacentParentShardId")) if p is not None
+                )
+                seq = s["SequenceNumberRange"]
+                shards.append(
+                    ShardInfo(
+                        shard_id=s["ShardId"],
+                        starting_hash_key=int(s["HashKeyRange"]["StartingHashKey"]),
+                        ending_hash_key=int(s["HashKeyRange"]["EndingHashKey"]),
+                        parent_shard_ids=parents,
+                        starting_sequence=seq["StartingSequenceNumber"],
+                        ending_sequence=seq.get("EndingSequenceNumber"),
+                    )
+                )
+            token = page.get("NextToken")
+            if not token:
+                break
+            kwargs = {"NextToken": token}
+        self._shards = tuple(shards)
+        self._shards_at = time.monotonic()
+        return self._shards
+
+    async def describe(self) -> StreamDescription:
+        summary = (await self._call("describe_stream_summary", StreamName=self.name))[
+            "StreamDescriptionSummary"
+        ]
+        shards = await self._list_shards()
+        return StreamDescription(
+            name=self.name,
+            status=summary["StreamStatus"],
+            shards=shards,
+            retention_hours=int(summary.get("RetentionPeriodHours", 24)),
+        )
+
+    async def _shard_map(self, *, refresh: bool = False) -> tuple[ShardInfo, ...]:
+        """The cached shard list used to predict where records land (refreshed every 30 s)."""
+        if not refresh and self._shards and time.monotonic() - self._shards_at < _SHARD_MAP_TTL:
+            return self._shards
+        async with self._shards_lock:
+            if refresh or not self._shards or time.monotonic() - self._shards_at >= _SHARD_MAP_TTL:
+                await self._list_shards()
+            return self._shards
+
+    async def split_shard(self, shard_id: str, new_starting_hash_key: int | None = None) -> None:
+        if new_starting_hash_key is None:
+            shard = next((s for s in await self._shard_map(refresh=True) if s.shard_id == shard_id), None)
+            if shard is None:
+                raise InvalidRequest(f"no shard {shard_id!r} in Kinesis stream {self.name!r}")
+            new_starting_hash_key = (shard.starting_hash_key + shard.ending_hash_key + 1) // 2
+        await self._call(
+            "split_shard",
+            StreamName=self.name,
+            ShardToSplit=shard_id,
+            NewStartingHashKey=str(new_starting_hash_key),
+        )
+        await self._wait_active()
+
+    async def merge_shards(self, shard_id: str, adjacent_shard_id: str) -> None:
+        await self._call(
+            "merge_shards",
+            StreamName=self.name,
+            ShardToMerge=shard_id,
+            AdjacentShardToMerge=adjacent_shard_id,
+        )
+        await self._wait_active()
+
+    async def update_shard_count(self, target: int) -> None:
+        await self._call(
+            "update_shard_count", StreamName=self.name, TargetShardCount=target, ScalingType="UNIFORM_SCALING"
+        )
+        await self._wait_active()
+
+    # --- writes -----------------------------------------------------------------------------
+
+    async def put_records(self, records: Sequence[PutRecord]) -> list[PutResult]:
+        if not records:
+            return []
+        for r in records:
+            size = len(r.data) + len(r.partition_key.encode())
+            if not 1 <= len(r.partition_key) <= 256:
+                raise InvalidRequest(f"partition key must be 1 to 256 characters, got {len(r.partition_key)}")
+            if size > MAX_RECORD_BYTES:
+                raise InvalidRequest(f"record of {size} bytes is over the 1 MiB Kinesis limit")
+            if r.explicit_hash_key is not None and not 0 <= r.explicit_hash_key <= MAX_HASH_KEY:
+                raise InvalidRequest(f"explicit hash key {r.explicit_hash_key} is outside 0..2^128-1")
+        shards = await self._shard_map()
+        keyed = [
+            (r, r.explicit_hash_key if r.explicit_hash_key is not None else hash_key(r.partition_key))
+            for r in records
+        ]
+        if self.options.aggregate:
+            return await self._put_aggregated(keyed, shards)
+        total = sum(len(r.data) + len(r.partition_key.encode()) for r in records)
+        if len(records) > MAX_PUT_RECORDS or total > MAX_PUT_BYTES:
+            raise InvalidRequest(
+                f"PutRecords takes at most {MAX_PUT_RECORDS} records and 5 MiB; got {len(records)} "
+                f"records of {total} bytes"
+            )
+        return await self._put_call(keyed, shards)
+
+    async def _put_call(
+        self, keyed: Sequence[tuple[PutRecord, int]], shards: tuple[ShardInfo, ...]
+    ) -> list[PutResult]:
+        """One PutRecords call, paced per predicted shard; per-record results in order."""
+        predicted: list[str | None] = []
+        per_shard: dict[str, list[int]] = {}
+        for record, key in keyed:
+            try:
+                shard_id: str | None = shard_for_hash(shards, key).shard_id
+            except LookupError:
+                shard_id = None
+            predicted.append(shard_id)
+            if shard_id is not None:
+                counts = per_shard.setdefault(shard_id, [0, 0])
+                counts[0] += 1
+                counts[1] += len(record.data) + len(record.partition_key.encode())
+        if len(per_shard) == 1:
+            ((sid, (n, size)),) = per_shard.items()
+            await self._writes.acquire(sid, n, size)
+        elif per_shard:
+            await asyncio.gather(*(self._writes.acquire(s, n, b) for s, (n, b) in per_shard.items()))
+        entries = [
+            {"Data": r.data, "PartitionKey": r.partition_key, "ExplicitHashKey": str(k)}
+            if r.explicit_hash_key is not None
+            else {"Data": r.data, "PartitionKey": r.partition_key}
+            for r, k in keyed
+        ]
+        try:
+            answer = await self._call("put_records", StreamName=self.name, Records=entries)
+        except Throttled:
+            for sid in per_shard:
+                self._writes.throttled(sid)
+            raise
+        results: list[PutResult] = []
+        stale = False
+        throttled: set[str] = set()
+        for entry, guess in zip(answer["Records"], predicted, strict=True):
+            code = entry.get("ErrorCode")
+            if code is not None:
+                if code == "ProvisionedThroughputExceededException" and guess is not None:
+                    throttled.add(guess)
+                results.append(PutResult(error_code=code, error_message=entry.get("ErrorMessage")))
+                continue
+            if entry["ShardId"] != guess:
+                stale = True
+            results.append(PutResult(shard_id=entry["ShardId"], sequence_number=entry["SequenceNumber"]))
+        for sid in throttled:
+            self._writes.throttled(sid)
+        if stale:
+            self._shards_at = -_SHARD_MAP_TTL
+        return results
+
+    async def _put_aggregated(
+        self, keyed: Sequence[tuple[PutRecord, int]], shards: tuple[ShardInfo, ...]
+    ) -> list[PutResult]:
+        """Pack records per predicted shard into KPL records of <= 1 MiB, send, map results back."""
+        builders: dict[str, AggregateBuilder] = {}
+        members: dict[str, list[int]] = {}
+        packed: list[tuple[PutRecord, int, list[int]]] = []
+
+        def seal(sid: str) -> None:
+            builder = builders.pop(sid)
+            index = members.pop(sid)
+            assert builder.partition_key is not None
+            first = keyed[index[0]]
+            packed.append((PutRecord(builder.build(), builder.partition_key, first[1]), first[1], index))
+
+        for i, (record, key) in enumerate(keyed):
+            try:
+                sid = shard_for_hash(shards, key).shard_id
+            except LookupError:
+                sid = f"?{key}"
+            ehk = str(record.explicit_hash_key) if record.explicit_hash_key is not None else None
+            sub = SubRecord(record.partition_key, record.data, ehk)
+            builder = builders.get(sid)
+            if builder is not None and builder.size_with(sub) > MAX_RECORD_BYTES:
+                seal(sid)
+                builder = None
+            if builder is None:
+                builder = builders[sid] = AggregateBuilder()
+                members[sid] = []
+            builder.add(sub)
+            members[sid].append(i)
+        for sid in list(builders):
+            seal(sid)
+        results: list[PutResult] = [PutResult(error_code="InternalFailure")] * len(keyed)
+        start = 0
+        while start < len(packed):
+            end, size = start, 0
+            while end < len(packed) and end - start < MAX_PUT_RECORDS:
+                rec = packed[end][0]
+                rec_size = len(rec.data) + len(rec.partition_key.encode())
+                if end > start and size + rec_size > MAX_PUT_BYTES:
+                    break
+                size += rec_size
+                end += 1
+            chunk = packed[start:end]
+            answers = await self._put_call([(p[0], p[1]) for p in chunk], shards)
+            for (_, _, index), answer in zip(chunk, answers, strict=True):
+                for i in index:
+                    results[i] = answer
+            start = end
+        return results
+
+    # --- reads ------------------------------------------------------------------------------
+
+    def _remember(self, iterator: str, shard_id: str) -> None:
+        self._iterator_shard[iterator] = shard_id
+        if len(self._iterator_shard) > _ITERATOR_MEMORY:
+            self._iterator_shard.popitem(last=False)
+
+    async def get_shard_iterator(
+        self,
+        shard_id: str,
+        iterator_type: IteratorType,
+        *,
+        sequence_number: str | None = None,
+        timestamp: float | None = None,
+    ) -> str:
+        kwargs: dict[str, Any] = {
+            "StreamName": self.name,
+            "ShardId": shard_id,
+            "ShardIteratorType": str(iterator_type),
+        }
+        if iterator_type in (IteratorType.AT_SEQUENCE_NUMBER, IteratorType.AFTER_SEQUENCE_NUMBER):
+            if sequence_number is None:
+                raise InvalidRequest(f"{iterator_type} needs a sequence number")
+            kwargs["StartingSequenceNumber"] = sequence_number
+        elif iterator_type == IteratorType.AT_TIMESTAMP:
+            if timestamp is None:
+                raise InvalidRequest("AT_TIMESTAMP needs a timestamp")
+            kwargs["Timestamp"] = dt.datetime.fromtimestamp(timestamp, dt.UTC)
+        answer = await self._call("get_shard_iterator", **kwargs)
+        iterator = str(answer["ShardIterator"])
+        self._remember(iterator, shard_id)
+        return iterator
+
+    async def get_records(self, iterator: str, limit: int = MAX_GET_RECORDS) -> GetRecordsResult:
+        if not 1 <= limit <= MAX_GET_RECORDS:
+            raise InvalidRequest(f"GetRecords limit must be 1..{MAX_GET_RECORDS}, got {limit}")
+        shard_id = self._iterator_shard.pop(iterator, None)
+        if shard_id is not None:
+            await self._reads.wait(shard_id)
+        try:
+            answer = await self._call("get_records", ShardIterator=iterator, Limit=limit)
+        except ShardflowError:
+            if shard_id is not None:
+                self._reads.done(shard_id, 0, idle=False)
+            raise
+        records: list[Record] = []
+        size = 0
+        for r in answer.get("Records", []):
+            data: bytes = r["Data"]
+            size += len(data)
+            arrival = r.get("ApproximateArrivalTimestamp")
+            arrived = arrival.timestamp() if arrival is not None else 0.0
+            subs = deaggregate(data)
+            if subs is None:
+                records.append(Record(r["SequenceNumber"], r["PartitionKey"], data, arrived))
+            else:
+                records.extend(
+                    Record(r["SequenceNumber"], s.partition_key, s.data, arrived, i)
+                    for i, s in enumerate(subs)
+                )
+        behind = int(answer.get("MillisBehindLatest", 0))
+        next_iterator = answer.get("NextShardIterator")
+        children: tuple[str, ...] = ()
+        if shard_id is not None:
+            self._reads.done(shard_id, size, idle=not records and behind == 0)
+        if next_iterator:
+            if shard_id is not None:
+                self._remember(next_iterator, shard_id)
+        else:
+            next_iterator = None
+            children = tuple(c["ShardId"] for c in answer.get("ChildShards", []))
+            if shard_id is not None:
+                self._reads.forget(shard_id)
+                if not children:
+                    shards = await self._shard_map(refresh=True)
+                    children = tuple(s.shard_id for s in shards if shard_id in s.parent_shard_ids)
+        return GetRecordsResult(
+            records=tuple(records),
+            next_iterator=next_iterator,
+            millis_behind_latest=behind,
+            child_shard_ids=children,
+        )

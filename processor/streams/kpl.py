@@ -1,0 +1,230 @@
+"""The KPL aggregation format: many user records packed into one Kinesis record.
+
+Layout, as documented by the Kinesis Producer Library (`aggregation-format.md`):
+magic `F3 89 9A C2`, then a protobuf `AggregatedRecord`, then the MD5 of the protobuf bytes.
+
+    message AggregatedRecord {
+      repeated string partition_key_table     = 1;
+      repeated string explicit_hash_key_table = 2;
+      repeated Record records                 = 3;
+    }
+    message Record {
+      required uint64 partition_key_index     = 1;
+      optional uint64 explicit_hash_key_index = 2;
+      required bytes  data                    = 3;
+      repeated Tag    tags                    = 4;
+    }
+
+A record that does not start with the magic bytes, or whose MD5 does not match, is a plain
+record (the KCL treats it the same way), so `deaggregate` never fails on foreign data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["MAGIC", "AggregateBuilder", "SubRecord", "aggregate", "deaggregate", "is_aggregated"]
+
+MAGIC = b"\xf3\x89\x9a\xc2"
+_DIGEST = 16
+
+
+@dataclass(frozen=True, slots=True)
+class SubRecord:
+    """One user record inside an aggregated record."""
+
+    partition_key: str
+    data: bytes
+    explicit_hash_key: str | None = None
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _varint_len(value: int) -> int:
+    n = 1
+    while value > 0x7F:
+        value >>= 7
+        n += 1
+    return n
+
+
+def _field_bytes(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _field_len(number: int, length: int) -> int:
+    return _varint_len(number << 3 | 2) + _varint_len(length) + length
+
+
+class AggregateBuilder:
+    """Accumulates sub-records and tells, before adding one, whether it still fits a size limit.
+
+    `size` is the exact byte size of `build()` (magic + protobuf + MD5) plus the partition key
+    Kinesis counts against the 1 MiB record limit.
+    """
+
+    def __init__(self) -> None:
+        self._keys: dict[str, int] = {}
+        self._hash_keys: dict[str, int] = {}
+        self._records: list[bytes] = []
+        self._body = 0
+        self.partition_key: str | None = None
+        self.explicit_hash_key: str | None = None
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    @property
+    def size(self) -> int:
+        return len(MAGIC) + self._body + _DIGEST + len((self.partition_key or "").encode())
+
+    def size_with(self, record: SubRecord) -> int:
+        """The size after adding `record`."""
+        extra, _ = self._encode(record, commit=False)
+        pk_extra = 0 if self.partition_key is not None else len(record.partition_key.encode())
+        return self.size + extra + pk_extra
+
+    def add(self, record: SubRecord) -> None:
+        if self.partition_key is None:
+            self.partition_key = record.partition_key
+            self.explicit_hash_key = record.explicit_hash_key
+        extra, encoded = self._encode(record, commit=True)
+        self._body += extra
+        self._records.append(encoded)
+
+    def _encode(self, record: SubRecord, *, commit: bool) -> tuple[int, bytes]:
+        extra = 0
+        key_index = self._keys.get(record.partition_key)
+        if key_index is None:
+            key_index = len(self._keys)
+            extra += _field_len(1, len(record.partition_key.encode()))
+            if commit:
+                self._keys[record.partition_key] = key_index
+        inner = _varint(1 << 3 | 0) + _varint(key_index)
+        if record.explicit_hash_key is not None:
+            hash_index = self._hash_keys.get(record.explicit_hash_key)
+            if hash_index is None:
+                hash_index = len(self._hash_keys)
+                extra += _field_len(2, len(record.explicit_hash_key.encode()))
+                if commit:
+                    self._hash_keys[record.explicit_hash_key] = hash_index
+            inner += _varint(2 << 3 | 0) + _varint(hash_index)
+        if not commit:
+            inner_len = len(inner) + _field_len(3, len(record.data))
+            return extra + _field_len(3, inner_len), b""
+        inner += _field_bytes(3, record.data)
+        encoded = _field_bytes(3, inner)
+        return extra + len(encoded), encoded
+
+    def build(self) -> bytes:
+        parts = [_field_bytes(1, k.encode()) for k in self._keys]
+        parts += [_field_bytes(2, k.encode()) for k in self._hash_keys]
+        parts += self._records
+        body = b"".join(parts)
+        return MAGIC + body + hashlib.md5(body).digest()
+
+
+def aggregate(records: Sequence[SubRecord]) -> bytes:
+    """One aggregated record holding `records`, in order."""
+    builder = AggregateBuilder()
+    for record in records:
+        builder.add(record)
+    return builder.build()
+
+
+def is_aggregated(data: bytes) -> bool:
+    """True when `data` carries the magic bytes and a matching MD5 trailer."""
+    if len(data) <= len(MAGIC) + _DIGEST or not data.startswith(MAGIC):
+        return False
+    body = data[len(MAGIC) : -_DIGEST]
+    return hashlib.md5(body).digest() == data[-_DIGEST:]
+
+
+def _read_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise ValueError("truncated varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _fields(buf: memoryview) -> list[tuple[int, int | memoryview]]:
+    """(field number, value) pairs of a protobuf message; unknown wire types are skipped."""
+    out: list[tuple[int, int | memoryview]] = []
+    pos = 0
+    while pos < len(buf):
+        tag, pos = _read_varint(buf, pos)
+        number, wire = tag >> 3, tag & 7
+        if wire == 0:
+            value, pos = _read_varint(buf, pos)
+            out.append((number, value))
+        elif wire == 2:
+            length, pos = _read_varint(buf, pos)
+            if pos + length > len(buf):
+                raise ValueError("truncated field")
+            out.append((number, buf[pos : pos + length]))
+            pos += length
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+    return out
+
+
+def deaggregate(data: bytes) -> list[SubRecord] | None:
+    """The sub-records of a KPL-aggregated record, or None when `data` is a plain record."""
+    if not is_aggregated(data):
+        return None
+    try:
+        return _parse(memoryview(data)[len(MAGIC) : -_DIGEST])
+    except (ValueError, IndexError, UnicodeDecodeError):
+        return None
+
+
+def _parse(body: memoryview) -> list[SubRecord]:
+    keys: list[str] = []
+    hash_keys: list[str] = []
+    raw: list[memoryview] = []
+    for number, value in _fields(body):
+        if not isinstance(value, memoryview):
+            continue
+        if number == 1:
+            keys.append(bytes(value).decode())
+        elif number == 2:
+            hash_keys.append(bytes(value).decode())
+        elif number == 3:
+            raw.append(value)
+    records: list[SubRecord] = []
+    for message in raw:
+        key_index = 0
+        hash_index: int | None = None
+        payload = b""
+        for number, value in _fields(message):
+            if number == 1 and isinstance(value, int):
+                key_index = value
+            elif number == 2 and isinstance(value, int):
+                hash_index = value
+            elif number == 3 and isinstance(value, memoryview):
+                payload = bytes(value)
+        records.append(
+            SubRecord(keys[key_index], payload, hash_keys[hash_index] if hash_index is not None else None)
+        )
+    return records
