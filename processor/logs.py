@@ -1,0 +1,78 @@
+"""Logging set-up: readable lines on a terminal, JSON lines anywhere else (containers, files).
+
+Components attach context with `extra={"consumer_id": ..., "shard_id": ...}` (or a
+`LoggerAdapter`); both formats print every such field, so a log line always says which
+consumer and shard it is about. Levels are set per logger name (`shard_consumer=debug`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Final, TextIO
+
+import orjson
+
+__all__ = ["HumanFormatter", "JsonFormatter", "setup_logging"]
+
+_STANDARD: Final = frozenset(
+    logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys() | {"message", "asctime", "taskName"}
+)
+
+
+def _extras(record: logging.LogRecord) -> dict[str, object]:
+    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, the extra fields, and exc when any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        entry.update(_extras(record))
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+class HumanFormatter(logging.Formatter):
+    """`12:00:01 INFO  shard_consumer: message  shard_id=... consumer_id=...`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
+        line = f"{when} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        extras = _extras(record)
+        if extras:
+            line += "  " + " ".join(f"{k}={v}" for k, v in extras.items())
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def setup_logging(
+    levels: Mapping[str, int], *, stream: TextIO | None = None, json: bool | None = None
+) -> None:
+    """Route all logging to `stream` (stderr), JSON unless it is a terminal; idempotent."""
+    out = stream or sys.stderr
+    use_json = not out.isatty() if json is None else json
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonFormatter() if use_json else HumanFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(levels.get("", logging.INFO))
+    for name, level in levels.items():
+        if name:
+            logging.getLogger(name).setLevel(level)
+    # Libraries' chatter (aiohttp access lines, botocore credentials) only when asked for.
+    for noisy in ("aiohttp.access", "botocore", "aiobotocore"):
+        if noisy not in levels:
+            logging.getLogger(noisy).setLevel(max(logging.WARNING, levels.get("", logging.INFO)))

@@ -1,0 +1,283 @@
+"""Running the long-lived roles (`run`, `ingest`, `consume`) until a signal, then draining.
+
+Start order: warehouse schema, stream (created when `run` finds none), consumer, front end, so
+that once the port answers the whole path works. On SIGINT or SIGTERM the drain runs in the
+order that loses nothing:
+
+    front end stops accepting ─► buffer flushed to the stream (drain_timeout; the rest stays
+    in the spool) ─► consumer reads what is left (drain_timeout) ─► in-flight batches commit ─►
+    leases released ─► worker pool, warehouse and stream closed ─► exit 0
+
+A second signal forces an immediate exit: nothing is lost, because the spool keeps what was not
+put and the checkpoints commit with the rows, so the next start resumes where this one stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from processor import __version__, metrics
+from processor.config import Settings
+from processor.errors import ConfigError, StreamNotFound
+from processor.statusline import StatusLine, snapshot
+from processor.streams.base import Stream
+from processor.uris import mask_uri, sqlite_path
+from sinks.base import Warehouse
+
+__all__ = ["Role", "Runner", "ensure_dirs", "open_stream_for", "open_warehouse_for"]
+
+log = logging.getLogger("processor.runner")
+
+FORCED_EXIT = 130
+"""Exit status after a second signal (as a shell reports an interrupted command)."""
+
+
+class Role(enum.StrEnum):
+    RUN = "run"
+    INGEST = "ingest"
+    CONSUME = "consume"
+
+    @property
+    def ingests(self) -> bool:
+        return self is not Role.CONSUME
+
+    @property
+    def consumes(self) -> bool:
+        return self is not Role.INGEST
+
+
+def ensure_dirs(settings: Settings) -> None:
+    """Create the data directory and the directories of SQLite files named by the URIs."""
+    settings.common.data_dir.mkdir(parents=True, exist_ok=True)
+    for uri in (settings.common.stream, settings.common.warehouse):
+        if uri.startswith("sqlite:"):
+            sqlite_path(uri).parent.mkdir(parents=True, exist_ok=True)
+
+
+def open_stream_for(settings: Settings) -> Stream:
+    """The stream of `settings`, with KPL aggregation on write when asked for (Kinesis only)."""
+    uri = settings.common.stream
+    if uri.startswith("kinesis:") and settings.ingest.aggregate:
+        from processor.streams.kinesis import KinesisStream
+
+        return KinesisStream.from_uri(uri, max_connections=16, aggregate=True)
+    from processor.streams import open_stream
+
+    return open_stream(uri)
+
+
+def open_warehouse_for(settings: Settings) -> Warehouse:
+    from sinks import open_warehouse
+
+    return open_warehouse(settings.common.warehouse)
+
+
+async def ensure_stream(stream: Stream, shards: int) -> tuple[int, bool]:
+    """(open shards, created?) after creating the stream with `shards` shards when it is absent."""
+    try:
+        description = await stream.describe()
+        return len(description.open_shards), False
+    except StreamNotFound:
+        await stream.create(shards)
+        description = await stream.describe()
+        return len(description.open_shards), True
+
+
+@dataclass
+class _Signals:
+    """First SIGINT/SIGTERM requests the drain; the second forces exit."""
+
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    count: int = 0
+    on_force: Callable[[], None] = lambda: os._exit(FORCED_EXIT)
+
+    def __call__(self, signum: int) -> None:
+        self.count += 1
+        if self.count == 1:
+            log.info("%s: draining (send again to force)", signal.Signals(signum).name)
+            self.stop.set()
+            return
+        sys.stderr.write(f"\n{signal.Signals(signum).name} again: forced exit; the next start resumes\n")
+        sys.stderr.flush()
+        self.on_force()
+
+
+class Runner:
+    """One process playing `role` until asked to stop; `run()` returns the exit status."""
+
+    def __init__(self, settings: Settings, role: Role, *, out: TextIO | None = None) -> None:
+        self.settings = settings
+        self.role = role
+        self._out = out or sys.stdout
+        self._signals = _Signals()
+
+    def request_stop(self) -> None:
+        """Begin the drain, as the first signal does."""
+        self._signals.stop.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self._signals, signum)
+        try:
+            await self._run()
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+        return 0
+
+    async def _run(self) -> None:
+        settings, role = self.settings, self.role
+        await asyncio.to_thread(ensure_dirs, settings)
+        async with AsyncExitStack() as stack:
+            stream = open_stream_for(settings)
+            stack.push_async_callback(stream.close)
+            if role is Role.RUN or settings.common.stream.startswith("sqlite:"):
+                open_shards, created = await ensure_stream(stream, settings.common.shards)
+            else:
+                open_shards, created = len((await stream.describe()).open_shards), False
+
+            consumer = None
+            status_server = None
+            if role.consumes:
+                from shard_consumer.consumer import Consumer
+
+                warehouse = open_warehouse_for(settings)
+                stack.push_async_callback(warehouse.close)
+                await warehouse.start()
+                consumer = Consumer(settings.consumer, stream, warehouse)
+                await consumer.start()
+                stack.push_async_callback(consumer.stop)
+                if role is Role.CONSUME:
+                    from processor.status_server import StatusServer
+
+                    ready_consumer = consumer
+                    status_server = StatusServer(
+                        settings.ingest.host,
+                        settings.ingest.port,
+                        lambda: None if ready_consumer.warehouse_up else "warehouse unreachable",
+                    )
+                    await _listen(status_server.start, settings.ingest.host, settings.ingest.port)
+                    stack.push_async_callback(status_server.stop)
+
+            front = None
+            if role.ingests:
+                from processor.ingest.server import FrontEnd
+
+                front = FrontEnd(settings.ingest, stream)
+                await _listen(front.start, settings.ingest.host, settings.ingest.port)
+                stack.push_async_callback(front.stop)
+
+            port = front.port if front is not None else status_server.port if status_server else 0
+            self._banner(port, open_shards, created, consumer.consumer_id if consumer else None)
+            status = StatusLine(
+                interval=settings.common.status_interval, ingest=role.ingests, consume=role.consumes
+            )
+            async with status:
+                await self._signals.stop.wait()
+
+            started = time.monotonic()
+            if front is not None:
+                await front.stop()
+                log.info("front end stopped; buffer flushed to the stream")
+            if consumer is not None:
+                if front is not None:
+                    await _wait_consumed(settings.ingest.drain_timeout, settings.consumer.idle_poll_interval)
+                # The final commit and lease release must finish even if a second stop is asked for.
+                await asyncio.shield(consumer.stop())
+                log.info("consumer stopped; batches committed and leases released")
+            final = snapshot()
+            log.info(
+                "stopped in %.1fs: accepted %d, in stream %d, loaded %d",
+                time.monotonic() - started,
+                final.accepted,
+                final.in_stream,
+                final.loaded,
+            )
+
+    def _banner(self, port: int, open_shards: int, created: bool, consumer_id: str | None) -> None:
+        s = self.settings
+        host = s.ingest.host
+        shown_host = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::", "") else host
+        lines = [f"shardflow {__version__} {self.role.value}"]
+        if self.role.ingests:
+            lines.append(
+                f"  listening    http://{host}:{port}  (POST /v1/events, GET /healthz /readyz /metrics)"
+            )
+        elif port:
+            lines.append(f"  health       http://{host}:{port}  (GET /healthz /readyz /metrics)")
+        lines.append(
+            f"  stream       {mask_uri(s.common.stream)}  "
+            f"({open_shards} open shards{', created' if created else ''})"
+        )
+        if self.role.consumes:
+            lines.append(f"  warehouse    {mask_uri(s.common.warehouse)}")
+            lines.append(f"  consumer     {consumer_id}")
+        lines.append(f"  data dir     {Path(s.common.data_dir).resolve()}")
+        if self.role is Role.RUN:
+            where = ""
+            if s.sources.get("warehouse") == "flag":
+                where = f" --warehouse '{mask_uri(s.common.warehouse)}'"
+            elif s.sources.get("data_dir") == "flag":
+                where = f" --data-dir '{s.common.data_dir}'"
+            lines += [
+                "",
+                "Try next:",
+                f'  curl -d \'{{"url":"https://shop.example/p?utm_source=x","anonymous_id":"a1"}}\' '
+                f"{shown_host}:{port}/v1/events",
+                f'  shardflow query "select count(*) from page_views"{where}',
+                f"  open http://{shown_host}:{port}/metrics",
+            ]
+        lines += ["", "Ctrl-C (or SIGTERM) drains and stops; twice forces.", ""]
+        self._out.write("\n".join(lines) + "\n")
+        self._out.flush()
+
+
+async def _listen(start: Callable[[], object], host: str, port: int) -> None:
+    try:
+        result = start()
+        if asyncio.iscoroutine(result):
+            await result
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def _records_read() -> float:
+    return sum(
+        sample.value
+        for family in metrics.CONSUMER_RECORDS.collect()
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    )
+
+
+async def _wait_consumed(timeout: float, idle_poll: float) -> None:
+    """Wait, at most `timeout`, until the consumer has read all this process put and gone idle.
+
+    Best effort by design: what is not read now is read after the next start, from the
+    checkpoint, so the deadline bounds only how long a stop takes.
+    """
+    deadline = time.monotonic() + timeout
+    quiet_for = max(3 * idle_poll, 0.3)
+    last, last_change = _records_read(), time.monotonic()
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        now = _records_read()
+        if now != last:
+            last, last_change = now, time.monotonic()
+            continue
+        cur = snapshot()
+        if cur.max_lag_ms == 0 and now >= cur.in_stream and time.monotonic() - last_change >= quiet_for:
+            return
+    log.warning("drain timeout: what is left stays in the stream for the next start")
