@@ -2,4 +2,7 @@
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from shard_consumer.config import ConsumerConfig
+from shard_consumer.consumer import Consumer
+
+__all__ = ["Consumer", "ConsumerConfig"]

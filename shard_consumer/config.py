@@ -32,3 +32,5 @@ class ConsumerConfig:
     """Pause between empty GetRecords near the tip."""
     shard_sync_interval: float = 5.0
     """How often the shard list is re-read to find children after a reshard."""
+    shutdown_timeout: float = 30.0
+    """On stop, how long shards may take to commit their in-flight batches before being cancelled."""

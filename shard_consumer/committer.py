@@ -1,0 +1,114 @@
+"""In-order, fenced commits of one shard's batches, with a bounded queue for back-pressure.
+
+Batches are enriched concurrently, but their commits happen strictly in sequence order: batch N+1
+is never committed before batch N, so the checkpoint only ever moves forward over a gap-free
+prefix of the shard. The queue holds at most `max_in_flight` batches; the reader blocks on `put`
+when it is full, so a slow warehouse slows reading instead of growing memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from processor.errors import LeaseLost, WarehouseUnavailable
+from processor.metrics import SINK_COMMITS
+from shard_consumer.pool import Processed
+from sinks.base import Batch, Fence, Sink
+
+__all__ = ["PendingBatch", "ShardCommitter"]
+
+log = logging.getLogger(__name__)
+
+_FIRST_RETRY = 0.1
+_MAX_RETRY = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class PendingBatch:
+    processed: Awaitable[Processed]
+    checkpoint: str
+    """Sequence number of the batch's last record, or SHARD_END."""
+    records: int
+
+
+class ShardCommitter:
+    """Commits one shard's batches in order under one fence. Run `run()` as a task."""
+
+    def __init__(
+        self,
+        warehouse: Sink,
+        stream_name: str,
+        shard_id: str,
+        fence: Fence,
+        *,
+        max_in_flight: int = 4,
+        commit_timeout: float = 60.0,
+        on_warehouse: Callable[[bool], None] = lambda up: None,
+    ) -> None:
+        self._warehouse = warehouse
+        self._stream_name = stream_name
+        self.shard_id = shard_id
+        self.fence = fence
+        self._queue: asyncio.Queue[PendingBatch | None] = asyncio.Queue(max(1, max_in_flight))
+        self._timeout = commit_timeout
+        self._on_warehouse = on_warehouse
+        self.committed: str | None = None
+        """The last checkpoint this committer made durable."""
+
+    async def put(self, pending: PendingBatch) -> None:
+        """Queue a batch behind the ones before it; waits while `max_in_flight` are queued."""
+        await self._queue.put(pending)
+
+    async def finish(self) -> None:
+        """No more batches: `run()` returns once every queued batch is committed."""
+        await self._queue.put(None)
+
+    async def run(self) -> None:
+        """Commit queued batches in order until `finish()`. Raises LeaseLost (nothing written)."""
+        while True:
+            pending = await self._queue.get()
+            if pending is None:
+                return
+            processed = await pending.processed
+            batch = Batch(
+                stream=self._stream_name,
+                shard_id=self.shard_id,
+                rows=processed.rows,
+                dead_letters=processed.dead_letters,
+                checkpoint=pending.checkpoint,
+                fence=self.fence,
+            )
+            await self._commit(batch)
+            self.committed = pending.checkpoint
+
+    async def _commit(self, batch: Batch) -> None:
+        """Write one batch, retrying the same batch with capped back-off while the warehouse is down.
+
+        A retry after a timeout is safe: rows are deduplicated by event_id and the checkpoint
+        write is idempotent.
+        """
+        delay = _FIRST_RETRY
+        while True:
+            started = time.monotonic()
+            try:
+                await asyncio.wait_for(self._warehouse.write_batch(batch), self._timeout)
+            except LeaseLost:
+                raise  # counted by the sink; nothing of this batch is written
+            except (WarehouseUnavailable, TimeoutError) as exc:
+                SINK_COMMITS.labels("retried").inc()
+                self._on_warehouse(False)
+                log.warning(
+                    "shard %s: commit failed (%s); retrying in %.1fs", self.shard_id, exc or "timeout", delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _MAX_RETRY)
+                continue
+            SINK_COMMITS.labels("ok").inc()
+            self._on_warehouse(True)
+            elapsed = time.monotonic() - started
+            log.debug("shard %s: committed %s in %.3fs", self.shard_id, batch.checkpoint, elapsed)
+            return

@@ -1,0 +1,255 @@
+"""Shard leases: who reads which shard, kept in the warehouse and fenced by a counter.
+
+Every change is a compare-and-set on the lease counter in the `LeaseStore`, so two consumers
+never both believe they took the same lease. The rules, decided by `plan_balance`:
+
+- Fair share: a consumer aims for ceil(workable shards / live consumers), consumers being the
+  distinct owners of unexpired leases plus itself. A shard is workable when it is not finished
+  (`SHARD_END`) and every parent is.
+- Free and expired leases are taken first (in random order, so consumers starting together
+  rarely collide).
+- Beyond that a consumer steals ONE lease at a time from the most-loaded owner, and only from an
+  owner that holds at least two more than itself: each steal strictly narrows the spread, so
+  the group converges and never flaps.
+- Stealing is graceful: `request_handoff`, the owner finishes its in-flight batches, commits and
+  releases; the lease is forced only when the owner has not let go within `handoff_timeout`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import secrets
+import socket
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from processor.metrics import LEASE_EVENTS, LEASES_HELD
+from processor.streams.base import SHARD_END, Stream
+from sinks.base import Lease, LeaseStore
+
+__all__ = ["BalancePlan", "LeaseManager", "RenewResult", "new_consumer_id", "plan_balance", "workable"]
+
+log = logging.getLogger(__name__)
+
+
+def new_consumer_id() -> str:
+    """host:pid:random, unique across restarts of the same process id."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def workable(leases: Sequence[Lease]) -> list[Lease]:
+    """Leases of shards that are not finished and whose parents all are (or are long gone)."""
+    known = {lease.shard_id for lease in leases}
+    done = {lease.shard_id for lease in leases if lease.checkpoint == SHARD_END}
+    return [
+        lease
+        for lease in leases
+        if lease.checkpoint != SHARD_END
+        and all(parent in done or parent not in known for parent in lease.parent_shard_ids)
+    ]
+
+
+def _live(lease: Lease, now: float) -> bool:
+    return lease.owner is not None and lease.expires_at > now
+
+
+@dataclass(frozen=True, slots=True)
+class BalancePlan:
+    target: int
+    consumers: int
+    take: list[Lease] = field(default_factory=list)
+    """Free or expired leases to take now."""
+    steal: Lease | None = None
+    """A live lease of the most-loaded owner to ask for."""
+
+
+def plan_balance(
+    leases: Sequence[Lease], me: str, held: Sequence[str], now: float, rng: random.Random | None = None
+) -> BalancePlan:
+    """What `me`, holding `held`, should take or ask for to move towards a fair share."""
+    rng = rng or random.Random()
+    candidates = workable(leases)
+    held_set = set(held)
+    owners = Counter(
+        lease.owner
+        for lease in candidates
+        if _live(lease, now) and lease.owner != me and lease.shard_id not in held_set
+    )
+    consumers = len(owners) + 1
+    target = math.ceil(len(candidates) / consumers) if candidates else 0
+    mine = len(held_set)
+    if mine >= target:
+        return BalancePlan(target, consumers)
+    free = [lease for lease in candidates if lease.shard_id not in held_set and not _live(lease, now)]
+    rng.shuffle(free)
+    free.sort(key=lambda lease: lease.handoff_to != me)
+    if free:
+        return BalancePlan(target, consumers, take=free[: target - mine])
+    victims = [(count, owner) for owner, count in owners.items() if owner is not None and count >= mine + 2]
+    if not victims:
+        return BalancePlan(target, consumers)
+    most = max(count for count, _ in victims)
+    victim = rng.choice([owner for count, owner in victims if count == most])
+    theirs = [lease for lease in candidates if lease.owner == victim and _live(lease, now)]
+    return BalancePlan(target, consumers, steal=rng.choice(theirs))
+
+
+@dataclass(frozen=True, slots=True)
+class RenewResult:
+    lost: list[str]
+    """Shards whose lease another consumer holds now: drop them, never checkpoint."""
+    handoffs: list[str]
+    """Shards another consumer asked for: finish in-flight work, commit, release."""
+
+
+@dataclass(slots=True)
+class _Steal:
+    shard_id: str
+    owner: str
+    counter: int
+    deadline: float
+
+
+class LeaseManager:
+    """One consumer's leases on one stream: shard sync, renewal, balancing, release."""
+
+    def __init__(
+        self,
+        store: LeaseStore,
+        stream: Stream,
+        consumer_id: str,
+        *,
+        lease_timeout: float,
+        handoff_timeout: float | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._store = store
+        self._stream = stream
+        self.consumer_id = consumer_id
+        self.lease_timeout = lease_timeout
+        self.handoff_timeout = lease_timeout if handoff_timeout is None else handoff_timeout
+        self.held: dict[str, Lease] = {}
+        self._handing_off: set[str] = set()
+        self._steal: _Steal | None = None
+        self._rng = rng or random.Random()
+        self.target = 0
+        self.consumers = 1
+
+    @property
+    def stream_name(self) -> str:
+        return self._stream.name
+
+    async def sync_shards(self) -> None:
+        """Create a free lease for every shard the stream lists that has none (children too)."""
+        description = await self._stream.describe()
+        await self._store.create_leases(self.stream_name, description.shards)
+
+    async def renew(self) -> RenewResult:
+        """Extend every held lease; report the lost ones and those asked for by another consumer."""
+        snapshot = {shard: lease.lease_counter for shard, lease in self.held.items()}
+        if not snapshot:
+            return RenewResult([], [])
+        renewed = await self._store.renew_leases(
+            self.stream_name, self.consumer_id, snapshot, self.lease_timeout
+        )
+        lost: list[str] = []
+        handoffs: list[str] = []
+        for shard, counter in snapshot.items():
+            current = self.held.get(shard)
+            if current is None or current.lease_counter != counter:
+                continue
+            lease = renewed.get(shard)
+            if lease is None:
+                lost.append(shard)
+                continue
+            LEASE_EVENTS.labels("renewed").inc()
+            self.held[shard] = lease
+            if lease.handoff_to not in (None, self.consumer_id) and shard not in self._handing_off:
+                self._handing_off.add(shard)
+                handoffs.append(shard)
+        for shard in lost:
+            self.drop(shard)
+        return RenewResult(lost, handoffs)
+
+    async def balance(self) -> list[Lease]:
+        """Take free/expired leases or pursue one steal; the leases newly acquired."""
+        leases = await self._store.list_leases(self.stream_name)
+        now = await self._store.now()
+        acquired: list[Lease] = []
+        if self._steal is not None:
+            stolen = await self._pursue_steal(leases, now)
+            if stolen is not None:
+                acquired.append(stolen)
+                leases = [stolen if lease.shard_id == stolen.shard_id else lease for lease in leases]
+        plan = plan_balance(leases, self.consumer_id, list(self.held), now, self._rng)
+        self.target, self.consumers = plan.target, plan.consumers
+        for lease in plan.take:
+            taken = await self._store.take_lease(
+                self.stream_name, lease.shard_id, self.consumer_id, lease.lease_counter, self.lease_timeout
+            )
+            if taken is not None:
+                LEASE_EVENTS.labels("taken").inc()
+                self._hold(taken)
+                acquired.append(taken)
+        if plan.steal is not None and self._steal is None and plan.steal.owner is not None:
+            victim = plan.steal
+            assert victim.owner is not None
+            await self._store.request_handoff(self.stream_name, victim.shard_id, self.consumer_id)
+            self._steal = _Steal(
+                victim.shard_id, victim.owner, victim.lease_counter, time.monotonic() + self.handoff_timeout
+            )
+            log.info("asked %s to hand over shard %s", victim.owner, victim.shard_id)
+        return acquired
+
+    async def _pursue_steal(self, leases: Sequence[Lease], now: float) -> Lease | None:
+        steal = self._steal
+        assert steal is not None
+        lease = next((lease for lease in leases if lease.shard_id == steal.shard_id), None)
+        if lease is None or lease.checkpoint == SHARD_END or lease.owner == self.consumer_id:
+            self._steal = None
+            return None
+        released = lease.owner is None or not _live(lease, now)
+        unchanged = lease.owner == steal.owner and lease.lease_counter == steal.counter
+        if not released and not unchanged:
+            self._steal = None
+            return None
+        if not released and time.monotonic() < steal.deadline:
+            return None
+        self._steal = None
+        taken = await self._store.take_lease(
+            self.stream_name, lease.shard_id, self.consumer_id, lease.lease_counter, self.lease_timeout
+        )
+        if taken is None:
+            return None
+        LEASE_EVENTS.labels("stolen" if released else "forced").inc()
+        if not released:
+            log.warning("shard %s: %s did not hand over in time; took it", lease.shard_id, steal.owner)
+        self._hold(taken)
+        return taken
+
+    def _hold(self, lease: Lease) -> None:
+        if lease.shard_id not in self.held:
+            LEASES_HELD.inc()
+        self.held[lease.shard_id] = lease
+
+    async def release(self, shard_id: str) -> None:
+        """Give a held lease up so the next owner starts without waiting for expiry."""
+        lease = self.held.pop(shard_id, None)
+        self._handing_off.discard(shard_id)
+        if lease is None:
+            return
+        LEASES_HELD.dec()
+        if await self._store.release_lease(self.stream_name, shard_id, self.consumer_id, lease.lease_counter):
+            LEASE_EVENTS.labels("released").inc()
+
+    def drop(self, shard_id: str) -> None:
+        """Forget a lease another consumer took (no release: it is not ours any more)."""
+        self._handing_off.discard(shard_id)
+        if self.held.pop(shard_id, None) is not None:
+            LEASES_HELD.dec()
+            LEASE_EVENTS.labels("lost").inc()

@@ -1,0 +1,123 @@
+"""Decode and enrich batches of records on a pool of worker processes.
+
+A batch travels to a worker as two plain lists (sequence numbers, record bytes) and comes back
+as rows and dead letters: one pickled task per batch, never one per record. Small batches, and
+every batch when `workers` is 1, are processed without the hand-off (see `WorkerPool.process`),
+since pickling costs more than it saves there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from typing import NamedTuple
+
+from processor.event import DeadLetterRecord, EventError, decode_record
+from processor.streams.base import Record
+from shard_consumer.enrich import to_page_view
+from sinks.base import DeadLetter, PageView
+
+__all__ = ["Processed", "WorkerPool", "process_records"]
+
+_MAX_PAYLOAD_CHARS = 256 * 1024
+
+
+class Processed(NamedTuple):
+    rows: list[PageView]
+    dead_letters: list[DeadLetter]
+
+
+def _payload(data: bytes) -> str:
+    text = data.decode("utf-8", "backslashreplace")
+    return text if len(text) <= _MAX_PAYLOAD_CHARS else text[:_MAX_PAYLOAD_CHARS] + "...[truncated]"
+
+
+def process_records(
+    shard_id: str, sequence_numbers: Sequence[str], datas: Sequence[bytes], anonymize_ip: bool
+) -> Processed:
+    """Rows for the events, dead letters for the rest: undecodable -> `decode`, enrichment
+    failure -> `transform`, dead-letter records -> their own stage. Never raises for bad input.
+
+    A second record with an `event_id` already in this batch (a producer retry) is dropped here;
+    across batches the warehouse's primary key drops it.
+    """
+    rows: list[PageView] = []
+    letters: list[DeadLetter] = []
+    seen: set[str] = set()
+    for seq, data in zip(sequence_numbers, datas, strict=True):
+        try:
+            decoded = decode_record(data)
+        except EventError as exc:
+            letters.append(DeadLetter("decode", str(exc), _payload(data), shard_id, seq))
+            continue
+        if isinstance(decoded, DeadLetterRecord):
+            letters.append(DeadLetter(decoded.stage, decoded.reason, decoded.payload, shard_id, seq))
+            continue
+        event_id = decoded["event_id"]
+        if event_id in seen:
+            continue
+        try:
+            row = to_page_view(decoded, shard_id, seq, anonymize_ip=anonymize_ip)
+        except Exception as exc:  # enrichment is third-party parsing: any failure is this record's
+            reason = f"{type(exc).__name__}: {exc}"
+            letters.append(DeadLetter("transform", reason, _payload(data), shard_id, seq))
+            continue
+        seen.add(event_id)
+        rows.append(row)
+    return Processed(rows, letters)
+
+
+def _warm_up() -> int:
+    return os.getpid()
+
+
+class WorkerPool:
+    """Enrichment workers shared by every shard of a consumer process. `async with` or start/close."""
+
+    def __init__(self, workers: int = 0, *, anonymize_ip: bool = False, inline_below: int = 64) -> None:
+        self.workers = workers if workers > 0 else (os.cpu_count() or 1)
+        self._anonymize_ip = anonymize_ip
+        self._inline_below = inline_below
+        self._executor: Executor | None = None
+
+    async def start(self) -> None:
+        """Start the workers and wait until each answers. Idempotent."""
+        if self._executor is not None:
+            return
+        if self.workers == 1:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="shardflow-enrich")
+            return
+        # forkserver: never fork the event loop's process with its threads and sockets.
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["shard_consumer.pool"])
+        executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+        self._executor = executor
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(executor, _warm_up) for _ in range(self.workers)))
+
+    async def process(self, shard_id: str, records: Sequence[Record]) -> Processed:
+        """Rows and dead letters for `records`, in their order."""
+        seqs = [r.sequence_number for r in records]
+        datas = [r.data for r in records]
+        if self._executor is None or len(records) < self._inline_below:
+            return process_records(shard_id, seqs, datas, self._anonymize_ip)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, process_records, shard_id, seqs, datas, self._anonymize_ip
+        )
+
+    async def close(self) -> None:
+        """Stop the workers after the tasks they hold. Idempotent."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            await asyncio.to_thread(executor.shutdown, True, cancel_futures=True)
+
+    async def __aenter__(self) -> WorkerPool:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
