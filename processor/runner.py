@@ -154,8 +154,9 @@ class Runner:
                 from shard_consumer.consumer import Consumer
 
                 warehouse = open_warehouse_for(settings)
+                # The consumer starts the warehouse itself and retries, so that `consume` stays up
+                # (and /readyz says why) while the warehouse is down.
                 stack.push_async_callback(warehouse.close)
-                await warehouse.start()
                 consumer = Consumer(settings.consumer, stream, warehouse)
                 await consumer.start()
                 stack.push_async_callback(consumer.stop)
