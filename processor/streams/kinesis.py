@@ -97,6 +97,14 @@ _ITERATOR_MEMORY = 50_000
 _CREATE_WAIT = 300.0
 
 
+class _InUse(InvalidRequest):
+    """ResourceInUseException: the stream exists, or is being updated."""
+
+
+class _Unsupported(InvalidRequest):
+    """The endpoint does not know the operation (an emulator without UpdateShardCount)."""
+
+
 @dataclass(frozen=True, slots=True)
 class KinesisOptions:
     """Everything a `KinesisStream` is configured with; built from the URI by `from_uri`."""
@@ -270,6 +278,10 @@ class KinesisStream:
                 return Throttled(f"Kinesis {operation} throttled on stream {self.name!r}: {message}")
             if code == "ExpiredIteratorException":
                 return ExpiredIterator(f"shard iterator expired on stream {self.name!r}: {message}")
+            if code == "ResourceInUseException":
+                return _InUse(f"Kinesis stream {self.name!r} is in use: {message}")
+            if code in {"UnknownOperationException", "InvalidAction"}:
+                return _Unsupported(f"Kinesis endpoint {where} does not support {operation}")
             if code in _ACCESS_CODES:
                 return ConfigError(
                     f"access to Kinesis stream {self.name!r} at {where} denied ({code}): {message}"
@@ -310,9 +322,8 @@ class KinesisStream:
     async def create(self, shard_count: int) -> None:
         try:
             await self._call("create_stream", StreamName=self.name, ShardCount=shard_count)
-        except InvalidRequest as exc:
-            if "ResourceInUseException" not in str(exc):
-                raise
+        except _InUse:
+            pass
         await self._wait_active()
 
     async def _wait_active(self, timeout: float = _CREATE_WAIT) -> None:
@@ -401,10 +412,44 @@ class KinesisStream:
         await self._wait_active()
 
     async def update_shard_count(self, target: int) -> None:
-        await self._call(
-            "update_shard_count", StreamName=self.name, TargetShardCount=target, ScalingType="UNIFORM_SCALING"
-        )
+        """UpdateShardCount (UNIFORM_SCALING); on an endpoint without it, the same result by steps."""
+        if target < 1:
+            raise InvalidRequest(f"target shard count must be at least 1, got {target}")
+        try:
+            await self._call(
+                "update_shard_count",
+                StreamName=self.name,
+                TargetShardCount=target,
+                ScalingType="UNIFORM_SCALING",
+            )
+        except _Unsupported:
+            await self._reshard_by_steps(target)
+            return
         await self._wait_active()
+
+    async def _reshard_by_steps(self, target: int) -> None:
+        """Reach `target` uniform shards with SplitShard and MergeShards only.
+
+        First split wherever a uniform boundary falls inside a shard, then merge the shards of
+        each uniform range into one; every step waits until the stream is ACTIVE again.
+        """
+        step = (MAX_HASH_KEY + 1) // target
+        bounds = [(i * step, MAX_HASH_KEY if i == target - 1 else (i + 1) * step - 1) for i in range(target)]
+        for low, _ in bounds[1:]:
+            shards = (await self.describe()).open_shards
+            inside = next((s for s in shards if s.starting_hash_key < low <= s.ending_hash_key), None)
+            if inside is not None:
+                await self.split_shard(inside.shard_id, low)
+        for low, high in bounds:
+            while True:
+                shards = (await self.describe()).open_shards
+                group = sorted(
+                    (s for s in shards if low <= s.starting_hash_key and s.ending_hash_key <= high),
+                    key=lambda s: s.starting_hash_key,
+                )
+                if len(group) < 2:
+                    break
+                await self.merge_shards(group[0].shard_id, group[1].shard_id)
 
     # --- writes -----------------------------------------------------------------------------
 

@@ -8,7 +8,8 @@ on demand
 - `stall = True` holds requests unanswered until it is set back to False;
 - `down = True` answers 503 `InternalFailure`; `disconnect = True` drops the connection unanswered;
 - `not_found = True` answers `ResourceNotFoundException`, as if the stream were deleted;
-- `throttle_next(n)` answers the next n data-plane calls `ProvisionedThroughputExceededException`;
+- `throttle_next(n)` answers the next n data-plane calls `ProvisionedThroughputExceededException`,
+  `error_next(n, code)` any other error code;
 - `fail_records(selector, code)` marks chosen records of PutRecords failed with a per-record
   `ErrorCode` and does NOT forward them (selector: a fraction, or a predicate on `ProxiedRecord`).
 
@@ -74,6 +75,8 @@ class KinesisFaultProxy:
         self.port = 0
         self._throttle_left = 0
         self._throttle_targets: frozenset[str] = _DATA_PLANE
+        self._error_code = "ProvisionedThroughputExceededException"
+        self._error_status = 400
         self._fail_selector: Selector | None = None
         self._fail_code = "ProvisionedThroughputExceededException"
         self._fail_calls_left: int | None = None
@@ -121,9 +124,17 @@ class KinesisFaultProxy:
 
     def throttle_next(self, n: int, targets: Iterable[str] = _DATA_PLANE) -> None:
         """Answer the next `n` calls to `targets` with ProvisionedThroughputExceededException."""
+        self.error_next(n, "ProvisionedThroughputExceededException", targets=targets)
+
+    def error_next(
+        self, n: int, code: str, *, status: int = 400, targets: Iterable[str] = _DATA_PLANE
+    ) -> None:
+        """Answer the next `n` calls to `targets` with the error `code` (e.g. ExpiredIteratorException)."""
         with self._lock:
             self._throttle_left = n
             self._throttle_targets = frozenset(targets)
+            self._error_code = code
+            self._error_status = status
 
     def fail_records(
         self,
@@ -233,7 +244,7 @@ class KinesisFaultProxy:
         with self._lock:
             if self._throttle_left > 0 and target in self._throttle_targets:
                 self._throttle_left -= 1
-                return _error(400, "ProvisionedThroughputExceededException", "injected: rate exceeded")
+                return _error(self._error_status, self._error_code, f"injected: {self._error_code}")
         if target == "PutRecords":
             return await self._put_records(request, body)
         status, payload = await self._forward(request, body)
