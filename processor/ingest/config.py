@@ -40,3 +40,12 @@ class IngestConfig:
     """PutRecords calls in flight at once."""
     request_timeout: float = 30.0
     """Whole-request deadline, so slow clients cannot hold a connection open."""
+    idle_timeout: float = 15.0
+    """Seconds a connection may sit without a complete request (keep-alive idle, or headers
+    trickling in slowly) before it is closed."""
+    spool_segment_bytes: int = 16 * 1024 * 1024
+    """Size at which the spool starts a new segment file; whole segments are deleted once acked."""
+    put_timeout: float = 10.0
+    """Deadline of one PutRecords call; on expiry its records are retried."""
+    probe_interval: float = 2.0
+    """How often the stream is asked whether it answers, when no put has said so lately."""

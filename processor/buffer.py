@@ -1,0 +1,77 @@
+"""The buffer: spooled records held in memory for the flusher, bounded by bytes.
+
+Every record is on disk first (`processor.spool`); the buffer only saves re-reading it. While
+the buffer has room, written records go to memory in spool order. Once a record does not fit,
+the buffer marks where it "spilled" and from then on keeps nothing in memory: the flusher reads
+from that position in the spool until it has caught up with the writer, and only then does the
+buffer take records again. So the flusher always sees records in spool order, and memory stays
+under `max_bytes` however long the stream is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from processor.spool import Entry, Position
+
+__all__ = ["Buffer"]
+
+
+class Buffer:
+    """Records between the spool writer and the flusher. Use from one event loop."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: deque[Entry] = deque()
+        self._bytes = 0
+        self.spilled_at: Position | None = None
+        """Where the records that live only on disk begin; None while memory holds them all."""
+        self.changed = asyncio.Event()
+        """Set when records arrive; the flusher clears it before it looks."""
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def spill(self, position: Position) -> None:
+        """Records from `position` on are to be read from disk (recovery on start)."""
+        if self.spilled_at is None or position < self.spilled_at:
+            self.spilled_at = position
+        self.changed.set()
+
+    def offer(self, entries: list[Entry]) -> None:
+        """Hold newly written records in memory while they fit; else mark the spill."""
+        for entry in entries:
+            if self.spilled_at is not None:
+                break
+            if self._bytes + entry.size > self.max_bytes and self._entries:
+                self.spilled_at = entry.position
+                break
+            self._entries.append(entry)
+            self._bytes += entry.size
+        if entries:
+            self.changed.set()
+
+    def take(self, max_records: int, max_bytes: int) -> list[Entry]:
+        """Up to `max_records` records (at least one if any) from memory, in spool order."""
+        taken: list[Entry] = []
+        size = 0
+        while self._entries and len(taken) < max_records:
+            entry = self._entries[0]
+            if taken and size + entry.size > max_bytes:
+                break
+            self._entries.popleft()
+            taken.append(entry)
+            size += entry.size
+        self._bytes -= size
+        return taken
+
+    def caught_up(self, position: Position, end: Position) -> None:
+        """The flusher has read the spill up to `position`; `end` is the writer's position now."""
+        if self.spilled_at is None:
+            return
+        self.spilled_at = None if position >= end else position

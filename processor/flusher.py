@@ -1,0 +1,267 @@
+"""The flusher: sends spooled records to the stream in PutRecords batches, retrying until acked.
+
+Records are taken in spool order (memory first, then the spill on disk) into batches of at most
+500 records and 5 MiB, with up to `concurrency` PutRecords calls in flight. A batch retries only
+its failed records (per-record error codes) with capped exponential backoff and full jitter,
+longer when throttled; a whole-call failure (`StreamUnavailable`, `Throttled`, a timeout) backs
+off and retries the same records forever while newer events wait on disk.
+
+Order per partition key: a record is never sent while an earlier record with the same key sits in
+a batch still in flight or being retried; it waits and goes out after that batch settles.
+A record leaves the spool (`Spool.ack`) only once the stream has acknowledged it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import Counter, deque
+from collections.abc import Sequence
+
+from processor import metrics
+from processor.buffer import Buffer
+from processor.errors import InvalidRequest, ShardflowError, StreamNotFound, Throttled
+from processor.spool import Entry, Spool
+from processor.streams.base import MAX_PUT_BYTES, MAX_PUT_RECORDS, PutRecord, Stream
+
+__all__ = ["Flusher"]
+
+log = logging.getLogger(__name__)
+
+RETRIABLE_CODES = frozenset({"ProvisionedThroughputExceededException", "InternalFailure"})
+THROTTLE_CODE = "ProvisionedThroughputExceededException"
+
+
+class Flusher:
+    """Moves records from spool and buffer to the stream. Idempotent start()/stop()."""
+
+    def __init__(
+        self,
+        stream: Stream,
+        spool: Spool,
+        buffer: Buffer,
+        *,
+        concurrency: int = 8,
+        put_timeout: float = 10.0,
+        backoff_base: float = 0.05,
+        backoff_cap: float = 2.0,
+        probe_interval: float = 2.0,
+        max_held_bytes: int | None = None,
+    ) -> None:
+        self.stream = stream
+        self.spool = spool
+        self.buffer = buffer
+        self.concurrency = max(1, concurrency)
+        self.put_timeout = put_timeout
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.probe_interval = probe_interval
+        self.max_held_bytes = max_held_bytes or 2 * self.concurrency * MAX_PUT_BYTES
+        self.stream_error: str | None = "the stream has not answered yet"
+        """Why the stream is thought unreachable; None once it answered."""
+        self._last_ok = 0.0
+        self._ready: deque[Entry] = deque()
+        self._unblocked: deque[Entry] = deque()
+        self._waiting: dict[str, deque[Entry]] = {}
+        self._busy: Counter[str] = Counter()
+        self._held_bytes = 0
+        self._slots = asyncio.Semaphore(self.concurrency)
+        self._settled = asyncio.Event()
+        self._batches: set[asyncio.Task[None]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._probe_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        if self.spool.recovered is not None:
+            self.buffer.spill(self.spool.recovered)
+        self._task = asyncio.create_task(self._dispatch_loop(), name="flusher")
+        self._probe_task = asyncio.create_task(self._probe_loop(), name="flusher-probe")
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait up to `timeout` s until the stream holds every spooled record; True if it does."""
+        await self.spool.flush()
+        deadline = time.monotonic() + timeout
+        while self.spool.pending_events > 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._settled.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), min(left, 0.05))
+        return True
+
+    async def stop(self) -> None:
+        """Cancel the calls in flight; their records stay in the spool for the next start."""
+        tasks = [t for t in (self._task, self._probe_task, *self._batches) if t is not None]
+        self._task = self._probe_task = None
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def __aenter__(self) -> Flusher:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            await self._slots.acquire()
+            batch = await self._next_batch()
+            task = asyncio.create_task(self._send(batch))
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+
+    async def _next_batch(self) -> list[Entry]:
+        while True:
+            self.buffer.changed.clear()
+            await self._fill()
+            batch = self._build()
+            if batch:
+                return batch
+            await self.buffer.changed.wait()
+
+    async def _fill(self) -> None:
+        """Top up the ready queue from memory, else from the spill on disk, within the hold cap."""
+        if self._ready or self._held_bytes >= self.max_held_bytes:
+            return
+        entries = self.buffer.take(MAX_PUT_RECORDS * 2, MAX_PUT_BYTES * 2)
+        if not entries and self.buffer.spilled_at is not None:
+            entries, after = await self.spool.read(self.buffer.spilled_at, 2 * MAX_PUT_BYTES)
+            self.buffer.caught_up(after, self.spool.end)
+        for entry in entries:
+            self._held_bytes += entry.size
+        self._ready.extend(entries)
+
+    def _build(self) -> list[Entry]:
+        batch: list[Entry] = []
+        keys: set[str] = set()
+        size = 0
+        for queue in (self._unblocked, self._ready):
+            while queue and len(batch) < MAX_PUT_RECORDS:
+                entry = queue[0]
+                key = entry.partition_key
+                if key in self._busy:
+                    queue.popleft()
+                    self._waiting.setdefault(key, deque()).append(entry)
+                    continue
+                if batch and size + entry.size > MAX_PUT_BYTES:
+                    break
+                queue.popleft()
+                batch.append(entry)
+                keys.add(key)
+                size += entry.size
+        for key in keys:
+            self._busy[key] += 1
+        return batch
+
+    def _settle(self, batch: Sequence[Entry]) -> None:
+        """A batch is done (acked or given up): free its keys and let their waiters go next."""
+        for key in {e.partition_key for e in batch}:
+            self._busy[key] -= 1
+            if self._busy[key] <= 0:
+                del self._busy[key]
+                waiters = self._waiting.pop(key, None)
+                if waiters:
+                    self._unblocked.extend(waiters)
+        self._slots.release()
+        self.buffer.changed.set()
+        self._settled.set()
+
+    # -- sending -------------------------------------------------------------------------------
+
+    async def _send(self, batch: list[Entry]) -> None:
+        pending = batch
+        attempt = 0
+        try:
+            while pending:
+                try:
+                    async with asyncio.timeout(self.put_timeout):
+                        results = await self.stream.put_records(
+                            [PutRecord(e.data, e.partition_key) for e in pending]
+                        )
+                except InvalidRequest as exc:
+                    log.error("the stream refused %d records as invalid, dropped: %s", len(pending), exc)
+                    metrics.PUT_RECORDS.labels("failed").inc(len(pending))
+                    self._done(pending)
+                    return
+                except (ShardflowError, TimeoutError, OSError) as exc:
+                    self._unreachable(exc)
+                    attempt += 1
+                    await asyncio.sleep(self._backoff(attempt, throttled=isinstance(exc, Throttled)))
+                    continue
+                self._reachable()
+                failed: list[Entry] = []
+                done: list[Entry] = []
+                throttled = False
+                for entry, result in zip(pending, results, strict=True):
+                    if result.ok:
+                        done.append(entry)
+                    elif result.error_code in RETRIABLE_CODES:
+                        failed.append(entry)
+                        throttled = throttled or result.error_code == THROTTLE_CODE
+                    else:
+                        log.error(
+                            "the stream refused a record for good (%s: %s); dropping it",
+                            result.error_code,
+                            result.error_message,
+                        )
+                        metrics.PUT_RECORDS.labels("failed").inc()
+                        done.append(entry)
+                if done:
+                    metrics.PUT_RECORDS.labels("ok").inc(len(done))
+                    self._done(done)
+                if failed:
+                    metrics.PUT_RECORDS.labels("retried").inc(len(failed))
+                    attempt += 1
+                    await asyncio.sleep(self._backoff(attempt, throttled=throttled))
+                pending = failed
+        finally:
+            self._settle(batch)
+
+    def _done(self, entries: Sequence[Entry]) -> None:
+        self.spool.ack(entries)
+        self._held_bytes -= sum(e.size for e in entries)
+
+    def _backoff(self, attempt: int, *, throttled: bool) -> float:
+        base = self.backoff_base * (4 if throttled else 1)
+        return random.uniform(0, min(self.backoff_cap, base * 2 ** min(attempt, 16)))
+
+    def _unreachable(self, exc: BaseException) -> None:
+        reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+        if isinstance(exc, Throttled):
+            return
+        if isinstance(exc, StreamNotFound):
+            reason = f"stream not found: {reason}"
+        if self.stream_error is None:
+            log.warning("the stream is unreachable, events wait in the spool: %s", reason)
+        self.stream_error = f"stream unreachable: {reason}"
+
+    def _reachable(self) -> None:
+        if self.stream_error is not None and self._last_ok:
+            log.info("the stream answers again")
+        self.stream_error = None
+        self._last_ok = time.monotonic()
+
+    async def _probe_loop(self) -> None:
+        """Ask the stream how it is when no put has told us lately, so /readyz stays truthful."""
+        while True:
+            if time.monotonic() - self._last_ok >= self.probe_interval:
+                try:
+                    async with asyncio.timeout(min(self.put_timeout, 5.0)):
+                        await self.stream.describe()
+                except (ShardflowError, TimeoutError, OSError) as exc:
+                    self._unreachable(exc)
+                else:
+                    self._reachable()
+            await asyncio.sleep(self.probe_interval)

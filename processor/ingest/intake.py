@@ -1,0 +1,101 @@
+"""From client objects to spooled records: validate, encode, dead-letter, and admit.
+
+A request is admitted whole or not at all: its records (events and dead letters alike) go to
+the spool in one append, and the handler answers once that append is written. The handler waits
+on the disk, never on the stream.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from processor import metrics
+from processor.errors import CorruptSpool
+from processor.event import (
+    EventError,
+    Limits,
+    encode_dead_letter,
+    encode_event,
+    new_event_id,
+    partition_key,
+    validate_event,
+)
+from processor.ingest.config import IngestConfig
+from processor.ingest.errors import Problem, RequestError
+from processor.spool import Spool, SpoolFull
+
+__all__ = ["Batch", "Intake"]
+
+
+@dataclass(slots=True)
+class Batch:
+    """The records of one request, and what to tell the client about each of its events."""
+
+    received_at: float
+    ip: str | None
+    user_agent: str | None
+    records: list[tuple[str, bytes]] = field(default_factory=list)
+    accepted: int = 0
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Intake:
+    """Validation limits and the spool, shared by every handler."""
+
+    def __init__(self, config: IngestConfig, spool: Spool) -> None:
+        self.limits = Limits(
+            max_past_seconds=config.max_past_seconds, max_future_seconds=config.max_future_seconds
+        )
+        self.spool = spool
+
+    def batch(self, ip: str | None, user_agent: str | None) -> Batch:
+        return Batch(time.time(), ip, user_agent)
+
+    def add(self, batch: Batch, index: int, raw: object, source: bytes | None = None) -> str | None:
+        """Add one client object as an event, or as a dead letter; the error, or None if accepted."""
+        try:
+            event = validate_event(
+                raw,
+                received_at=batch.received_at,
+                ip=batch.ip,
+                user_agent=batch.user_agent,
+                limits=self.limits,
+            )
+            data = encode_event(event, self.limits)
+        except EventError as exc:
+            self.reject(batch, index, str(exc), source if source is not None else _dump(raw))
+            return str(exc)
+        batch.records.append((partition_key(event), data))
+        batch.accepted += 1
+        return None
+
+    def reject(self, batch: Batch, index: int, reason: str, payload: bytes) -> None:
+        """Record a rejected event as a dead letter that travels the stream like any event."""
+        batch.records.append((new_event_id(), encode_dead_letter("ingest", reason, payload)))
+        batch.rejected.append({"index": index, "error": reason})
+
+    async def submit(self, batch: Batch) -> None:
+        """Write the batch to the spool; 503 (nothing admitted) when the spool is full."""
+        if not batch.records:
+            return
+        try:
+            await self.spool.append(batch.records)
+        except SpoolFull as exc:
+            raise RequestError(Problem.FULL, f"the spool is full ({exc}); retry later") from None
+        except CorruptSpool as exc:
+            raise RequestError(Problem.UNAVAILABLE, f"events cannot be stored now: {exc}") from None
+        if batch.accepted:
+            metrics.INGEST_EVENTS.labels("accepted").inc(batch.accepted)
+        if batch.rejected:
+            metrics.INGEST_EVENTS.labels("rejected").inc(len(batch.rejected))
+
+
+def _dump(raw: object) -> bytes:
+    try:
+        return orjson.dumps(raw)
+    except TypeError:
+        return repr(raw).encode("utf-8", "backslashreplace")

@@ -1,0 +1,528 @@
+"""The spool: an append-only, segmented, checksummed log of accepted events on local disk.
+
+An event is acknowledged to its client only once it is in the spool, and leaves the spool only
+once the stream has acknowledged it, so a crash between the two loses nothing: on the next start
+every record still in the spool is sent again (the consumer drops duplicates by `event_id`).
+
+Layout: `<dir>/<16-digit id>.seg` files, each a run of frames
+
+    magic u16 | length u32 | crc32 u32 | partition-key length u16 | partition key | data
+
+written by ONE writer task in large sequential writes (group commit: every request queued while
+the previous write ran shares the next write). With `fsync="always"` a request's future resolves
+after its bytes are fsync'd; with `"interval"` a background task fsyncs every `fsync_interval`;
+with `"never"` the OS decides. Every setting survives SIGKILL (the bytes are in the page cache).
+
+Recovery: a torn or garbled tail (the write a crash cut short) is truncated; a corrupt frame in
+the middle of a segment is reported as `CorruptSpool` in the log, the segment is rewritten with
+every frame that still checks out, and the original kept beside it as `<id>.seg.corrupt`.
+
+A segment is deleted once it is sealed (the writer moved on) and every record in it was acked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import struct
+import zlib
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from processor import metrics
+from processor.errors import CorruptSpool
+from processor.ingest.config import FsyncPolicy
+
+__all__ = ["Entry", "Position", "Spool", "SpoolFull", "frame", "scan_frames"]
+
+log = logging.getLogger(__name__)
+
+MAGIC: Final = 0x5346
+_HEADER = struct.Struct("<HII")
+_KEY_LEN = struct.Struct("<H")
+HEADER_BYTES: Final = _HEADER.size
+MAX_FRAME: Final = 8 * 1024 * 1024
+_SUFFIX = ".seg"
+_WRITE_CHUNK: Final = 8 * 1024 * 1024
+"""Most bytes one group commit writes; the rest waits for the next write."""
+
+Position = tuple[int, int]
+"""(segment id, byte offset) of a frame; tuples order as the spool does."""
+
+
+class SpoolFull(Exception):
+    """Accepting these bytes would take the spool past its limit; nothing was written."""
+
+    def __init__(self, used: int, limit: int) -> None:
+        self.used = used
+        self.limit = limit
+        super().__init__(f"the spool holds {used} bytes of its {limit}-byte limit")
+
+
+@dataclass(slots=True)
+class Entry:
+    """One record in the spool: where it lies, and what goes to the stream."""
+
+    segment: int
+    offset: int
+    partition_key: str
+    data: bytes
+
+    @property
+    def size(self) -> int:
+        """Bytes as PutRecords counts them (data plus partition key)."""
+        return len(self.data) + len(self.partition_key)
+
+    @property
+    def position(self) -> Position:
+        return (self.segment, self.offset)
+
+
+@dataclass(slots=True)
+class _Segment:
+    path: Path
+    size: int = 0
+    written: int = 0
+    acked: int = 0
+    sealed: bool = False
+
+
+@dataclass(slots=True)
+class _Append:
+    records: Sequence[tuple[str, bytes]]
+    future: asyncio.Future[None]
+    nbytes: int
+
+
+@dataclass(slots=True)
+class _Chunk:
+    """Bytes bound for one segment in one write, and the entries they hold."""
+
+    segment: int
+    data: bytearray = field(default_factory=bytearray)
+    roll_after: bool = False
+
+
+def frame(partition_key: str, data: bytes) -> bytes:
+    key = partition_key.encode("utf-8")
+    payload = _KEY_LEN.pack(len(key)) + key + data
+    return _HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
+
+
+def _frame_at(buf: bytes | memoryview, pos: int) -> tuple[str, bytes, int] | None:
+    """The frame at `pos` as (partition key, data, end), or None when it does not check out."""
+    if len(buf) - pos < HEADER_BYTES:
+        return None
+    magic, length, crc = _HEADER.unpack_from(buf, pos)
+    end = pos + HEADER_BYTES + length
+    if magic != MAGIC or length < _KEY_LEN.size or length > MAX_FRAME or end > len(buf):
+        return None
+    payload = bytes(buf[pos + HEADER_BYTES : end])
+    if zlib.crc32(payload) != crc:
+        return None
+    (key_len,) = _KEY_LEN.unpack_from(payload, 0)
+    if _KEY_LEN.size + key_len > length:
+        return None
+    try:
+        key = payload[_KEY_LEN.size : _KEY_LEN.size + key_len].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return key, payload[_KEY_LEN.size + key_len :], end
+
+
+def scan_frames(buf: bytes) -> tuple[list[tuple[int, str, bytes]], int, int]:
+    """Every good frame in `buf` as (offset, key, data); the end of the last one; bytes skipped.
+
+    Skipped bytes between good frames mean corruption in the middle; bytes after the last good
+    frame are a torn tail.
+    """
+    frames: list[tuple[int, str, bytes]] = []
+    pos = 0
+    good_end = 0
+    skipped = 0
+    magic = _HEADER.pack(MAGIC, 0, 0)[:2]
+    while pos < len(buf):
+        got = _frame_at(buf, pos)
+        if got is None:
+            nxt = buf.find(magic, pos + 1)
+            while nxt != -1 and _frame_at(buf, nxt) is None:
+                nxt = buf.find(magic, nxt + 1)
+            if nxt == -1:
+                break
+            skipped += nxt - pos
+            pos = nxt
+            continue
+        key, data, end = got
+        frames.append((pos, key, data))
+        pos = good_end = end
+    return frames, good_end, skipped
+
+
+def _segment_name(segment: int) -> str:
+    return f"{segment:016d}{_SUFFIX}"
+
+
+class Spool:
+    """The on-disk log between the handlers and the flusher. Use from one event loop.
+
+    `on_written` is called on the loop with the entries of each completed write, in spool order.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        fsync: FsyncPolicy = "interval",
+        fsync_interval: float = 0.1,
+        segment_bytes: int = 16 * 1024 * 1024,
+        max_bytes: int = 1024 * 1024 * 1024,
+    ) -> None:
+        self.directory = Path(directory)
+        self.fsync = fsync
+        self.fsync_interval = fsync_interval
+        self.segment_bytes = segment_bytes
+        self.max_bytes = max_bytes
+        self.on_written: Callable[[list[Entry]], None] = lambda entries: None
+        self._segments: dict[int, _Segment] = {}
+        self._current = 0
+        self._fd: int | None = None
+        self._queue: deque[_Append] = deque()
+        self._queued_bytes = 0
+        self._size = 0
+        self._pending_events = 0
+        self._wake = asyncio.Event()
+        self._dirty = False
+        self._io_lock = asyncio.Lock()
+        self._to_delete: list[int] = []
+        self._writer_task: asyncio.Task[None] | None = None
+        self._fsync_task: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+        self._last_future: asyncio.Future[None] | None = None
+        self.recovered: Position | None = None
+        """Where the records left by an earlier run start, or None when there were none."""
+        self.recovered_events = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Recover what an earlier run left, open a fresh segment, start the writer. Idempotent."""
+        if self._writer_task is not None:
+            return
+        recovered = await asyncio.to_thread(self._recover)
+        for segment, state in recovered.items():
+            self._segments[segment] = state
+            self._size += state.size
+            self._pending_events += state.written
+            self.recovered_events += state.written
+        if recovered:
+            self.recovered = (min(recovered), 0)
+        self._current = max(recovered, default=0) + 1
+        await asyncio.to_thread(self._open_segment, self._current)
+        self._segments[self._current] = _Segment(self.directory / _segment_name(self._current))
+        self._publish()
+        self._writer_task = asyncio.create_task(self._writer_loop(), name="spool-writer")
+        if self.fsync == "interval":
+            self._fsync_task = asyncio.create_task(self._fsync_loop(), name="spool-fsync")
+
+    async def close(self) -> None:
+        """Write what is queued, fsync (unless fsync="never"), stop the writer. Idempotent."""
+        if self._writer_task is None:
+            return
+        if self._failure is None:
+            await self.flush()
+        for task in (self._fsync_task, self._writer_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._writer_task = self._fsync_task = None
+        async with self._io_lock:
+            await asyncio.to_thread(self._close_fd, self.fsync != "never")
+
+    async def flush(self) -> None:
+        """Return once everything appended so far is written."""
+        last = self._last_future
+        if last is not None and not last.done():
+            await asyncio.shield(last)
+
+    async def __aenter__(self) -> Spool:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- the public surface ------------------------------------------------------------------
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes in segment files now, plus bytes queued for the next write."""
+        return self._size + self._queued_bytes
+
+    @property
+    def pending_events(self) -> int:
+        """Records written and not yet acknowledged by the stream."""
+        return self._pending_events
+
+    @property
+    def end(self) -> Position:
+        """The position the next written record will take."""
+        return (self._current, self._segments[self._current].size)
+
+    def append(self, records: Sequence[tuple[str, bytes]]) -> asyncio.Future[None]:
+        """Queue (partition key, data) records; the future resolves once they are written.
+
+        Raises SpoolFull, writing nothing, when they would take the spool past `max_bytes`.
+        """
+        if self._failure is not None:
+            raise CorruptSpool(f"the spool cannot be written: {self._failure}")
+        nbytes = sum(HEADER_BYTES + _KEY_LEN.size + len(k) * 4 + len(d) for k, d in records)
+        if self.size_bytes + nbytes > self.max_bytes:
+            raise SpoolFull(self.size_bytes, self.max_bytes)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Append(records, future, nbytes))
+        self._last_future = future
+        self._queued_bytes += nbytes
+        self._wake.set()
+        return future
+
+    def ack(self, entries: Sequence[Entry]) -> None:
+        """The stream holds these records: count them off, and delete segments fully acked."""
+        for entry in entries:
+            state = self._segments.get(entry.segment)
+            if state is None:
+                continue
+            state.acked += 1
+            self._pending_events -= 1
+            if state.sealed and state.acked >= state.written:
+                self._retire(entry.segment)
+        self._publish()
+
+    async def read(self, start: Position, max_bytes: int) -> tuple[list[Entry], Position]:
+        """Records from `start` on, about `max_bytes` of them, and the position after the last.
+
+        Reads only what the writer has finished; steps into the next segment at a sealed end.
+        """
+        segment, offset = start
+        state = self._segments.get(segment)
+        while state is None or (state.sealed and offset >= state.size):
+            later = [s for s in self._segments if s > segment]
+            if not later:
+                return [], (segment, offset)
+            segment, offset = min(later), 0
+            state = self._segments[segment]
+        if offset >= state.size:
+            return [], (segment, offset)
+        path, limit = state.path, state.size
+        buf = await asyncio.to_thread(_read_range, path, offset, min(limit, offset + max(max_bytes, 1)))
+        entries: list[Entry] = []
+        pos = 0
+        while (got := _frame_at(buf, pos)) is not None:
+            key, data, end = got
+            entries.append(Entry(segment, offset + pos, key, data))
+            pos = end
+        if not entries:
+            buf = await asyncio.to_thread(_read_range, path, offset, limit)
+            got = _frame_at(buf, 0)
+            if got is None:
+                raise CorruptSpool(f"{path}: no readable record at offset {offset}")
+            key, data, pos = got
+            entries.append(Entry(segment, offset, key, data))
+        offset += pos
+        if state.sealed and offset >= state.size:
+            later = [s for s in self._segments if s > segment]
+            if later:
+                return entries, (min(later), 0)
+        return entries, (segment, offset)
+
+    # -- the writer --------------------------------------------------------------------------
+
+    async def _writer_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue or self._to_delete:
+                try:
+                    await self._write_some()
+                except OSError as exc:
+                    log.error("spool write failed, refusing new events: %s", exc)
+                    self._failure = exc
+                    while self._queue:
+                        item = self._queue.popleft()
+                        if not item.future.done():
+                            item.future.set_exception(CorruptSpool(f"spool write failed: {exc}"))
+                    return
+
+    async def _write_some(self) -> None:
+        appends: list[_Append] = []
+        total = 0
+        while self._queue and (not appends or total + self._queue[0].nbytes <= _WRITE_CHUNK):
+            item = self._queue.popleft()
+            appends.append(item)
+            total += item.nbytes
+        chunks: list[_Chunk] = []
+        entries: list[Entry] = []
+        segment = self._current
+        size = self._segments[segment].size
+        state = self._segments[segment]
+        if size > 0 and state.acked >= state.written:
+            chunks.append(_Chunk(segment, roll_after=True))
+            segment += 1
+            size = 0
+        chunk = _Chunk(segment)
+        chunks.append(chunk)
+        counts: dict[int, int] = {}
+        for item in appends:
+            for key, data in item.records:
+                framed = frame(key, data)
+                if size > 0 and size + len(framed) > self.segment_bytes:
+                    chunk.roll_after = True
+                    segment += 1
+                    size = 0
+                    chunk = _Chunk(segment)
+                    chunks.append(chunk)
+                entries.append(Entry(segment, size, key, data))
+                chunk.data += framed
+                size += len(framed)
+                counts[segment] = counts.get(segment, 0) + 1
+        deletions, self._to_delete = self._to_delete, []
+        do_sync = self.fsync == "always"
+        async with self._io_lock:
+            await asyncio.to_thread(self._write_chunks, chunks, do_sync, deletions)
+        for chunk in chunks:
+            state = self._segments.setdefault(
+                chunk.segment, _Segment(self.directory / _segment_name(chunk.segment))
+            )
+            state.size += len(chunk.data)
+            state.written += counts.get(chunk.segment, 0)
+            self._size += len(chunk.data)
+            if chunk.roll_after:
+                state.sealed = True
+                self._current = chunk.segment + 1
+                self._segments.setdefault(
+                    self._current, _Segment(self.directory / _segment_name(self._current))
+                )
+                if state.acked >= state.written:
+                    self._retire(chunk.segment)
+        for segment in deletions:
+            gone = self._segments.pop(segment, None)
+            if gone is not None:
+                self._size -= gone.size
+        self._pending_events += len(entries)
+        for item in appends:
+            self._queued_bytes -= item.nbytes
+        if not do_sync:
+            self._dirty = True
+        self._publish()
+        self.on_written(entries)
+        for item in appends:
+            if not item.future.done():
+                item.future.set_result(None)
+
+    def _retire(self, segment: int) -> None:
+        self._to_delete.append(segment)
+        self._wake.set()
+
+    async def _fsync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.fsync_interval)
+            if self._dirty:
+                self._dirty = False
+                async with self._io_lock:
+                    await asyncio.to_thread(self._fsync_fd)
+
+    def _publish(self) -> None:
+        metrics.SPOOL_BYTES.set(self._size)
+        metrics.BUFFER_EVENTS.set(self._pending_events)
+
+    # -- file work, on a thread ------------------------------------------------------------
+
+    def _open_segment(self, segment: int) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / _segment_name(segment)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        if self.fsync != "never":
+            _fsync_dir(self.directory)
+
+    def _close_fd(self, sync: bool) -> None:
+        if self._fd is not None:
+            if sync:
+                os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+
+    def _fsync_fd(self) -> None:
+        if self._fd is not None:
+            os.fsync(self._fd)
+
+    def _write_chunks(self, chunks: list[_Chunk], sync: bool, deletions: list[int]) -> None:
+        for chunk in chunks:
+            if self._fd is None:
+                self._open_segment(chunk.segment)
+            assert self._fd is not None
+            view = memoryview(chunk.data)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+            if chunk.roll_after:
+                self._close_fd(self.fsync != "never")
+                self._open_segment(chunk.segment + 1)
+            elif sync:
+                os.fsync(self._fd)
+        for segment in deletions:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.directory / _segment_name(segment))
+
+    def _recover(self) -> dict[int, _Segment]:
+        """Every segment left by an earlier run, each cut back to its last good frame."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        found: dict[int, _Segment] = {}
+        for path in sorted(self.directory.glob(f"*{_SUFFIX}")):
+            try:
+                segment = int(path.stem)
+            except ValueError:
+                continue
+            buf = path.read_bytes()
+            frames, good_end, skipped = scan_frames(buf)
+            if skipped:
+                error = CorruptSpool(
+                    f"{path}: {skipped} corrupt bytes in the middle; kept {len(frames)} good records, "
+                    f"original saved as {path.name}.corrupt"
+                )
+                log.error("%s", error)
+                os.replace(path, path.with_name(path.name + ".corrupt"))
+                with open(path.with_name(path.name + ".tmp"), "wb") as out:
+                    for _, key, data in frames:
+                        out.write(frame(key, data))
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(path.with_name(path.name + ".tmp"), path)
+                good_end = path.stat().st_size
+            elif good_end < len(buf):
+                log.warning("%s: dropping a torn tail of %d bytes", path, len(buf) - good_end)
+                with open(path, "r+b") as out:
+                    out.truncate(good_end)
+            if not frames:
+                path.unlink()
+                continue
+            found[segment] = _Segment(path, size=good_end, written=len(frames), sealed=True)
+        return found
+
+
+def _read_range(path: Path, start: int, end: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(start)
+        return f.read(end - start)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
