@@ -275,8 +275,8 @@ def spawn(
     *,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
-    stdin: int | None = subprocess.DEVNULL,
-    stdout: int | None = subprocess.DEVNULL,
+    stdin: Any = subprocess.DEVNULL,
+    stdout: Any = subprocess.DEVNULL,
     stderr: Any = None,
 ) -> subprocess.Popen[bytes]:
     """Start a process in its own session (so `stop_process` can signal its whole group).
