@@ -114,8 +114,9 @@ def _image_env(final: Stage, venv: Path, **overrides: str) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_image_commands_install_the_wheel_and_serve_healthz(dockerfile: Dockerfile, tmp_path: Path) -> None:
-    if not (ROOT / "processor" / "cli.py").exists():
-        pytest.skip("processor/cli.py (the shardflow command) has not landed yet")
+    for needed in ("processor/cli.py", "processor/ingest/server.py"):
+        if not (ROOT / needed).exists():
+            pytest.skip(f"{needed} (needed by `shardflow ingest`) has not landed yet")
     builder = dockerfile.stage("builder")
     final = dockerfile.final
 

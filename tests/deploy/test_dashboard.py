@@ -1,0 +1,174 @@
+"""The Grafana dashboard and the Prometheus alerts use only metrics that shardflow really exposes.
+
+Names are read from the dashboard's and the rules' PromQL, then looked up in a real scrape: the
+Prometheus text that `processor.metrics` produces, and `/metrics` of a running front end over HTTP.
+Counters are exposed as `<name>_total`, histograms as `<name>_bucket/_sum/_count`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml  # type: ignore[import-untyped]
+from prometheus_client import REGISTRY, generate_latest
+
+import processor.metrics  # noqa: F401  (registers every metric in the default registry)
+
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARD = ROOT / "deploy" / "grafana" / "shardflow.json"
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+
+METRIC = re.compile(r"\b(shardflow_[a-z0-9_]+)\b")
+SUFFIXES = {"histogram": ("_bucket", "_sum", "_count"), "summary": ("", "_sum", "_count")}
+
+SPEC_METRICS = {
+    "shardflow_ingest_events_total",
+    "shardflow_ingest_request_seconds_bucket",
+    "shardflow_buffer_events",
+    "shardflow_spool_bytes",
+    "shardflow_put_records_total",
+    "shardflow_consumer_records_total",
+    "shardflow_consumer_millis_behind_latest",
+    "shardflow_sink_rows_total",
+    "shardflow_sink_commit_seconds_bucket",
+    "shardflow_leases_held",
+    "shardflow_dead_letters_total",
+}
+"""SPEC "Metrics" as series names; the dashboard shows every one of them."""
+
+
+def exposed_series(text: str) -> set[str]:
+    """Every series name a scrape of this Prometheus text can return, labelled children or not."""
+    names: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ", 3)
+            names.update(name + suffix for suffix in SUFFIXES.get(kind, ("",)))
+        elif line and not line.startswith("#"):
+            names.add(re.split(r"[{ ]", line, maxsplit=1)[0])
+    return names
+
+
+def _exprs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "expr" and isinstance(value, str):
+                yield value
+            else:
+                yield from _exprs(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _exprs(item)
+
+
+def dashboard_exprs() -> list[str]:
+    return list(_exprs(json.loads(DASHBOARD.read_text())))
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    rules: list[dict[str, Any]] = []
+    for group in yaml.safe_load(ALERTS.read_text())["groups"]:
+        rules.extend(group["rules"])
+    return rules
+
+
+def used_metrics() -> dict[str, set[str]]:
+    """Metric name -> where it is used ("dashboard", or the alert's name)."""
+    used: dict[str, set[str]] = {}
+    for expr in dashboard_exprs():
+        for name in METRIC.findall(expr):
+            used.setdefault(name, set()).add("dashboard")
+    for rule in alert_rules():
+        for name in METRIC.findall(rule["expr"]):
+            used.setdefault(name, set()).add(rule["alert"])
+    return used
+
+
+def test_dashboard_and_alerts_use_only_registered_metrics() -> None:
+    exposed = exposed_series(generate_latest(REGISTRY).decode())
+    missing = {name: sorted(where) for name, where in used_metrics().items() if name not in exposed}
+    assert not missing, f"used but not exposed by processor.metrics: {missing}"
+
+
+def test_dashboard_shows_every_spec_metric() -> None:
+    shown = {name for expr in dashboard_exprs() for name in METRIC.findall(expr)}
+    assert shown >= SPEC_METRICS, f"not on the dashboard: {sorted(SPEC_METRICS - shown)}"
+
+
+def test_dashboard_is_importable_grafana_json() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["uid"] == "shardflow" and dashboard["title"]
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids are unique"
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            continue
+        assert panel["targets"], f"panel {panel['title']!r} has no query"
+        assert panel["datasource"]["uid"] == "${datasource}", "queries go to the chosen Prometheus"
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["query"] == "prometheus"
+
+
+def test_alerts_cover_the_faults_an_operator_must_hear_about() -> None:
+    rules = alert_rules()
+    for rule in rules:
+        assert {"alert", "expr", "labels", "annotations"} <= rule.keys(), rule
+        assert rule["labels"]["severity"] in ("warning", "critical")
+        assert rule["annotations"]["summary"]
+    by_metric = used_metrics()
+    for metric in (
+        "shardflow_consumer_millis_behind_latest",
+        "shardflow_spool_bytes",
+        "shardflow_dead_letters_total",
+        "shardflow_put_records_total",
+        "shardflow_warehouse_up",
+    ):
+        assert by_metric.get(metric, set()) - {"dashboard"}, f"no alert on {metric}"
+
+
+def test_promql_parses_with_promtool(tmp_path: Path) -> None:
+    """promtool (Debian package `prometheus`) parses every query; skipped where it is not installed."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (apt-get install prometheus)")
+    checked = subprocess.run([promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    records = [
+        {"record": f"shardflow:panel_{i}", "expr": expr.replace("$__rate_interval", "5m")}
+        for i, expr in enumerate(dashboard_exprs())
+    ]
+    rules = tmp_path / "dashboard_rules.yml"
+    rules.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": records}]}))
+    checked = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+async def test_front_end_metrics_endpoint_exposes_what_the_dashboard_uses(tmp_path: Path) -> None:
+    """A real front end on a loopback port, scraped over HTTP as Prometheus would."""
+    server = pytest.importorskip("processor.ingest.server", reason="the front end has not landed yet")
+    embedded = pytest.importorskip("processor.streams.embedded", reason="the embedded stream has not landed")
+    from processor.ingest.config import IngestConfig
+
+    config = IngestConfig(host="127.0.0.1", port=0, spool_dir=tmp_path / "spool", drain_timeout=1.0)
+    stream = embedded.EmbeddedStream.from_uri(f"sqlite:///{tmp_path}/stream.db")
+    async with server.FrontEnd(config, stream) as front_end, aiohttp.ClientSession() as http:
+        url = f"http://127.0.0.1:{front_end.port}/metrics"
+        async with http.get(url, timeout=aiohttp.ClientTimeout(total=10)) as answer:
+            assert answer.status == 200
+            assert answer.headers["Content-Type"].startswith("text/plain")
+            text = await answer.text()
+    exposed = exposed_series(text)
+    used = used_metrics()
+    # The front end's own series must be there; consumer series are exposed by consumer processes.
+    front_end_metrics = {name for name in used if name.startswith(("shardflow_ingest", "shardflow_buffer"))}
+    front_end_metrics |= {"shardflow_spool_bytes", "shardflow_put_records_total"}
+    missing = sorted(front_end_metrics - exposed)
+    assert not missing, f"/metrics of the front end lacks {missing}"
