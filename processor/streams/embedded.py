@@ -154,6 +154,8 @@ class EmbeddedStream:
         )
 
     async def put_records(self, records: Sequence[PutRecord]) -> list[PutResult]:
+        if not records:
+            return []
         keys = _check_put(records)
         return await self._call(lambda log: log.put(records, keys))
 
@@ -169,8 +171,13 @@ class EmbeddedStream:
         if kind in (IteratorType.AT_SEQUENCE_NUMBER, IteratorType.AFTER_SEQUENCE_NUMBER):
             if sequence_number is None:
                 raise InvalidRequest(f"{kind} needs a sequence number")
-        elif kind is IteratorType.AT_TIMESTAMP and timestamp is None:
-            raise InvalidRequest("AT_TIMESTAMP needs a timestamp")
+        elif kind is IteratorType.AT_TIMESTAMP:
+            if timestamp is None:
+                raise InvalidRequest("AT_TIMESTAMP needs a timestamp")
+            if timestamp > time.time():
+                raise InvalidRequest(
+                    f"AT_TIMESTAMP timestamp {timestamp} is in the future, as Kinesis refuses"
+                )
         local = await self._call(lambda log: log.position(shard_id, kind, sequence_number, timestamp))
         return self._iterator(shard_id, local)
 
@@ -225,8 +232,6 @@ class EmbeddedStream:
 
 def _check_put(records: Sequence[PutRecord]) -> list[int]:
     """The hash key of every record; InvalidRequest naming the first limit a put breaks."""
-    if not records:
-        raise InvalidRequest("PutRecords needs at least 1 record")
     if len(records) > MAX_PUT_RECORDS:
         raise InvalidRequest(f"PutRecords takes at most {MAX_PUT_RECORDS} records, got {len(records)}")
     keys = []
@@ -239,9 +244,7 @@ def _check_put(records: Sequence[PutRecord]) -> list[int]:
             )
         size = len(record.data) + len(pk.encode("utf-8"))
         if size > MAX_RECORD_BYTES:
-            raise InvalidRequest(
-                f"record {i}: data plus partition key is {size} bytes, over the {MAX_RECORD_BYTES} limit"
-            )
+            raise InvalidRequest(f"record {i}: data plus partition key is {size} bytes, over the 1 MiB limit")
         total += size
         explicit = record.explicit_hash_key
         if explicit is None:
@@ -251,5 +254,5 @@ def _check_put(records: Sequence[PutRecord]) -> list[int]:
         else:
             raise InvalidRequest(f"record {i}: explicit hash key {explicit} is outside 0..2^128-1")
     if total > MAX_PUT_BYTES:
-        raise InvalidRequest(f"PutRecords payload is {total} bytes, over the {MAX_PUT_BYTES} limit")
+        raise InvalidRequest(f"PutRecords payload is {total} bytes, over the 5 MiB limit")
     return keys
