@@ -7,6 +7,7 @@ import pytest
 from processor.errors import ConfigError, StreamNotFound, StreamUnavailable
 from processor.streams.base import PutRecord
 from processor.streams.kinesis import KinesisStream
+from tests.support.kinesalite import set_fake_credentials
 from tests.support.kinesis_faults import KinesisFaultProxy
 from tests.support.net import free_port
 
@@ -75,6 +76,7 @@ def test_bad_uris() -> None:
 
 
 async def test_wrong_region_names_the_endpoint_tried() -> None:
+    set_fake_credentials()
     async with KinesisStream.from_uri("kinesis://s?region=xx-nowhere-9&timeout=3") as stream:
         with pytest.raises(StreamUnavailable, match=r"kinesis\.xx-nowhere-9\.amazonaws\.com"):
             await stream.describe()
