@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in [k for k in __import__("os").environ if k.startswith("SHARDFLOW_")]:
+    for key in [k for k in os.environ if k.startswith("SHARDFLOW_")]:
         monkeypatch.delenv(key)
 
 

@@ -1,0 +1,86 @@
+"""`shardflow run` end to end: a real subprocess, real HTTP, the SQLite warehouse on disk.
+
+Every accepted event lands in page_views exactly once: after a clean run, across a SIGTERM drain
+and restart, and across a SIGKILL after some commits and a restart.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import Shardflow, events, send
+
+pytestmark = pytest.mark.slow
+
+N = 10_000
+DISTINCT = "select count(distinct event_id) from page_views"
+
+
+@pytest.fixture
+def shardflow(tmp_path: Path) -> Iterator[Shardflow]:
+    sf = Shardflow(tmp_path / "data")
+    try:
+        yield sf
+    finally:
+        sf.kill()
+
+
+def test_run_loads_every_event_once_and_drains_on_sigterm(shardflow: Shardflow) -> None:
+    shardflow.start()
+    banner = shardflow.log("stdout")
+    assert f"listening    http://127.0.0.1:{shardflow.port}" in banner
+    assert f"stream       sqlite:///{shardflow.data_dir}/stream.db  (4 open shards, created)" in banner
+    assert f"warehouse    sqlite:///{shardflow.data_dir}/warehouse.db" in banner
+    assert f"shardflow query \"select count(*) from page_views\" --data-dir '{shardflow.data_dir}'" in banner
+    assert f"open http://localhost:{shardflow.port}/metrics" in banner
+
+    accepted, _ = send(shardflow.url, events(N))
+    assert accepted == N
+    shardflow.wait_rows(N)
+
+    query = shardflow.cli(
+        "query", "select count(*) as n, count(distinct event_id) as d from page_views", "--format", "tsv"
+    )
+    assert (query.returncode, query.stdout) == (0, f"n\td\n{N}\t{N}\n"), query.stderr
+    refused = shardflow.cli("query", "drop table page_views")
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("shardflow: error: ") and "Traceback" not in refused.stderr
+
+    assert shardflow.stop() == 0
+    assert shardflow.count() == N
+    assert '"msg":"stopped in' in shardflow.log("stderr").replace(": ", ":")
+
+
+def test_sigterm_mid_load_then_restart_loses_and_doubles_nothing(shardflow: Shardflow) -> None:
+    shardflow.start()
+    accepted, _ = send(shardflow.url, events(N))
+    assert accepted == N
+    shardflow.signal(signal.SIGTERM)
+    assert shardflow.wait() == 0
+    first = shardflow.count()
+
+    shardflow.start()
+    shardflow.wait_rows(N)
+    assert shardflow.stop() == 0
+    assert (shardflow.count(), shardflow.count(DISTINCT)) == (N, N), f"{first} rows after the first stop"
+
+
+def test_sigkill_after_commits_then_restart_has_exactly_every_row(shardflow: Shardflow) -> None:
+    shardflow.start()
+    accepted, _ = send(shardflow.url, events(N))
+    assert accepted == N
+    shardflow.wait_rows(1)
+    shardflow.kill()
+    killed_at = shardflow.count()
+
+    shardflow.start()
+    shardflow.wait_rows(N)
+    status = shardflow.cli("status")
+    assert status.returncode == 0, status.stderr
+    assert "4 open shards" in status.stdout
+    assert shardflow.stop() == 0
+    assert (shardflow.count(), shardflow.count(DISTINCT)) == (N, N), f"{killed_at} rows when killed"
