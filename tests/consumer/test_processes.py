@@ -9,7 +9,7 @@ import asyncio
 import importlib.util
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,9 +103,8 @@ async def test_fair_spread_join_and_graceful_handoff(setup: Setup) -> None:
     await setup.wait_rows(6000)
 
     victim = first[0]
-    victim_shards = {
-        lease.shard_id for lease in await setup.warehouse.list_leases(setup.stream.name) if lease.owner == "c0"
-    }
+    leases = await setup.warehouse.list_leases(setup.stream.name)
+    victim_shards = {lease.shard_id for lease in leases if lease.owner == "c0"}
     assert victim_shards
     await put_all(setup.stream, event_records(3000, "c"))
     started = time.monotonic()
@@ -201,7 +200,8 @@ async def test_split_and_merge_while_events_flow(setup: Setup) -> None:
     description = await setup.stream.describe()
     children = [s for s in description.shards if s.parent_shard_ids]
     assert len(children) == 3
-    checkpoints = {c.shard_id: c.sequence_number for c in await setup.warehouse.checkpoints(setup.stream.name)}
+    stored = await setup.warehouse.checkpoints(setup.stream.name)
+    checkpoints = {c.shard_id: c.sequence_number for c in stored}
     for parent in (shards[0], shards[2], shards[3]):
         assert checkpoints[parent] == "SHARD_END"
     for child in children:
