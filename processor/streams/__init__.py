@@ -29,10 +29,11 @@ __all__ = [
 ]
 
 
-def open_stream(uri: str, *, max_connections: int = 16) -> Stream:
+def open_stream(uri: str, *, max_connections: int = 16, aggregate: bool = False) -> Stream:
     """A stream for `sqlite:///path` (embedded) or `kinesis://NAME?region=..&endpoint=..`.
 
-    The stream is not contacted here; the first call connects.
+    The stream is not contacted here; the first call connects. `aggregate` (KPL aggregation on
+    write) applies to Kinesis only; every backend reads aggregated records.
     """
     if uri.startswith("sqlite:"):
         from processor.streams.embedded import EmbeddedStream
@@ -41,5 +42,5 @@ def open_stream(uri: str, *, max_connections: int = 16) -> Stream:
     if uri.startswith("kinesis:"):
         from processor.streams.kinesis import KinesisStream
 
-        return KinesisStream.from_uri(uri, max_connections=max_connections)
+        return KinesisStream.from_uri(uri, max_connections=max_connections, aggregate=aggregate)
     raise ConfigError(f"unknown stream URI {uri!r}: expected sqlite:///path or kinesis://NAME")

@@ -272,6 +272,8 @@ class KinesisStream:
             code = str(error.get("Code", ""))
             message = str(error.get("Message", "")) or code
             status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+            if code == "ResourceNotFoundException" and message.startswith("Shard "):
+                return InvalidRequest(f"Kinesis stream {self.name!r}: {message}")
             if code == "ResourceNotFoundException":
                 return StreamNotFound(f"Kinesis stream {self.name!r} not found at {where}: {message}")
             if code in _THROTTLE_CODES:
