@@ -33,7 +33,7 @@ def open_stream(uri: str, *, max_connections: int = 16, aggregate: bool = False)
     """A stream for `sqlite:///path` (embedded) or `kinesis://NAME?region=..&endpoint=..`.
 
     The stream is not contacted here; the first call connects. `aggregate` (KPL aggregation on
-    write) applies to Kinesis only; every backend reads aggregated records.
+    write) applies to Kinesis only.
     """
     if uri.startswith("sqlite:"):
         from processor.streams.embedded import EmbeddedStream
