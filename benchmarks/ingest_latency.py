@@ -5,9 +5,10 @@
 `shardflow ingest` runs against kinesalite. One load generator offers a fixed rate of 100-event
 NDJSON requests for `--seconds`, first with kinesalite answering, then with kinesalite frozen by
 SIGSTOP (a real stall: connections stay open, nothing answers), after which it gets SIGCONT.
-Prints one line, `ingest_stalled`: `shardflow` is events/s accepted while the stream is stalled,
-`limit` the same with the stream healthy (so `ratio_limit` near 1 means the stall costs nothing),
-and `latency_ms` holds request latency percentiles of both phases.
+A short warm-up at the same rate comes first and is not counted. Prints one line,
+`ingest_stalled`: `shardflow` is events/s accepted while the stream is stalled, `limit` the
+same with the stream healthy (so `ratio_limit` near 1 means the stall costs nothing), and
+`latency_ms` holds request latency percentiles of both phases.
 """
 
 from __future__ import annotations
@@ -93,6 +94,8 @@ async def main_async(args: argparse.Namespace) -> int:
         monitor.watch("ingest", ingest.pid)
         try:
             await _wait_ready(port, ingest)
+            # Warm-up (connections, the flusher, first segments), not counted.
+            await asyncio.to_thread(_phase, port, args.rate, min(seconds, 3.0), "warmup", monitor)
             healthy = await asyncio.to_thread(_phase, port, args.rate, seconds, "healthy", monitor)
             kinesalite.send_signal(signal.SIGSTOP)
             try:
