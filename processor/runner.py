@@ -39,6 +39,8 @@ __all__ = ["Role", "Runner", "ensure_dirs", "open_stream_for", "open_warehouse_f
 
 log = logging.getLogger("processor.runner")
 
+_EXAMPLE = '{"url":"https://shop.example/p?utm_source=x","anonymous_id":"a1"}'
+
 FORCED_EXIT = 130
 """Exit status after a second signal (as a shell reports an interrupted command)."""
 
@@ -235,8 +237,7 @@ class Runner:
             lines += [
                 "",
                 "Try next:",
-                f'  curl -d \'{{"url":"https://shop.example/p?utm_source=x","anonymous_id":"a1"}}\' '
-                f"{shown_host}:{port}/v1/events",
+                f"  curl -H 'Content-Type: application/json' -d '{_EXAMPLE}' {shown_host}:{port}/v1/events",
                 f'  shardflow query "select count(*) from page_views"{where}',
                 f"  open http://{shown_host}:{port}/metrics",
             ]
