@@ -1,0 +1,254 @@
+"""Consumer throughput: records/s from a pre-filled embedded stream into PostgreSQL, beside COPY.
+
+    python -m benchmarks.consume [--quick] [--events N] [--warehouse postgresql|sqlite]
+
+One stream (4 shards) is filled once; then, in interleaved rounds, a `Consumer` with 1, 2 and 4
+enrichment workers loads it into an emptied warehouse (timed from `start()` returning, so pool
+start-up is not counted, until the last row is visible), and the raw limit loads the same rows
+with plain binary COPY (asyncpg `copy_records_to_table`, 10,000 rows per transaction, no stream,
+no enrichment). Figures are medians of the rounds. `shardflow` is the best worker count's median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import resource
+import tempfile
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from benchmarks.common import emit, error_line, figure, median, throwaway_postgres
+from processor.event import encode_event, partition_key, validate_event
+from processor.streams.base import PutRecord
+from processor.streams.embedded import EmbeddedStream
+from shard_consumer.config import ConsumerConfig
+from shard_consumer.consumer import Consumer
+from shard_consumer.pool import process_records
+from sinks import Warehouse, open_warehouse
+
+NAME = "consume"
+SHARDS = 4
+WORKERS = (1, 2, 4)
+UA = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/120.0.0.0 Safari/537.36"
+)
+TABLES = ("page_views", "shardflow_checkpoints", "shardflow_leases", "shardflow_dead_letters")
+
+
+def events(count: int) -> list[PutRecord]:
+    now = time.time()
+    records = []
+    for i in range(count):
+        event = validate_event(
+            {
+                "event_id": f"bench-{i}",
+                "url": f"https://shop.example/p/{i % 5000}?utm_source=news&utm_medium=email&utm_campaign=c{i % 7}",  # noqa: E501
+                "referrer": "https://www.google.com/search?q=shoes",
+                "title": "Product page",
+                "anonymous_id": f"visitor-{i % 4999}",
+                "user_agent": UA,
+                "properties": {"price": i % 100, "currency": "EUR"},
+            },
+            received_at=now,
+            ip="203.0.113.7",
+        )
+        records.append(PutRecord(encode_event(event), partition_key(event)))
+    return records
+
+
+async def fill(stream: EmbeddedStream, records: list[PutRecord]) -> None:
+    await stream.create(SHARDS)
+    for i in range(0, len(records), 500):
+        results = await stream.put_records(records[i : i + 500])
+        if not all(r.ok for r in results):
+            raise RuntimeError("put failed while filling the stream")
+
+
+async def _count(warehouse: Warehouse) -> int:
+    result = await warehouse.query("SELECT count(*) FROM page_views")
+    return int(result.rows[0][0])  # type: ignore[call-overload]
+
+
+async def _empty(warehouse_uri: str) -> None:
+    if warehouse_uri.startswith("sqlite"):
+        import sqlite3
+
+        from processor.uris import sqlite_path
+
+        def clear() -> None:
+            with sqlite3.connect(sqlite_path(warehouse_uri)) as conn:
+                for table in TABLES:
+                    conn.execute(f"DELETE FROM {table}")
+
+        await asyncio.to_thread(clear)
+        return
+    import asyncpg
+
+    conn = await asyncpg.connect(warehouse_uri, timeout=10)
+    try:
+        await conn.execute(f"TRUNCATE {', '.join(TABLES)}")
+    finally:
+        await conn.close()
+
+
+async def consume_round(stream: EmbeddedStream, warehouse_uri: str, workers: int, total: int) -> float:
+    """Records/s of one consumer with `workers` loading the whole stream into an empty warehouse."""
+    warehouse = open_warehouse(warehouse_uri)
+    await warehouse.start()
+    await _empty(warehouse_uri)
+    config = ConsumerConfig(
+        lease_timeout=10.0,
+        renew_interval=0.5,
+        workers=workers,
+        idle_poll_interval=0.05,
+        batch_records=5000,
+        max_batches_in_flight=4,
+    )
+    consumer = Consumer(config, stream, warehouse)
+    try:
+        await consumer.start()
+        started = time.perf_counter()
+        while await _count(warehouse) < total:  # noqa: ASYNC110 (the rows are in another process's view)
+            await asyncio.sleep(0.02)
+        elapsed = time.perf_counter() - started
+    finally:
+        await consumer.stop()
+        await warehouse.close()
+    return total / elapsed
+
+
+def limit_rows(records: list[PutRecord]) -> list[tuple[Any, ...]]:
+    """The rows the consumer makes of `records`, with `loaded_at`, ready for COPY."""
+    processed = process_records(
+        "shardId-000000000000", [str(i) for i in range(len(records))], [r.data for r in records], False
+    )
+    now = datetime.now(UTC)
+    return [(*row, now) for row in processed.rows]
+
+
+async def copy_round(warehouse_uri: str, rows: list[tuple[Any, ...]]) -> float:
+    """Rows/s of plain binary COPY of `rows` into a copy of page_views, 10,000 per transaction."""
+    import asyncpg
+
+    from sinks.base import PAGE_VIEW_COLUMNS
+    from sinks.schema import MIGRATIONS
+
+    conn = await asyncpg.connect(warehouse_uri, timeout=10)
+    try:
+        await conn.execute("CREATE SCHEMA IF NOT EXISTS copy_limit")
+        await conn.execute("SET search_path TO copy_limit")
+        for step in MIGRATIONS["postgresql"]:
+            for statement in step:
+                await conn.execute(statement)
+        await conn.execute("TRUNCATE copy_limit.page_views")
+        columns = [*PAGE_VIEW_COLUMNS, "loaded_at"]
+        started = time.perf_counter()
+        for i in range(0, len(rows), 10_000):
+            async with conn.transaction():
+                await conn.copy_records_to_table(
+                    "page_views", schema_name="copy_limit", columns=columns, records=rows[i : i + 10_000]
+                )
+        return len(rows) / (time.perf_counter() - started)
+    finally:
+        await conn.close()
+
+
+async def sqlite_limit_round(warehouse_uri: str, rows: list[tuple[Any, ...]]) -> float:
+    """Rows/s of plain executemany into a bare page_views copy (the SQLite raw limit)."""
+    import sqlite3
+
+    from processor.uris import sqlite_path
+    from sinks.base import PAGE_VIEW_COLUMNS
+
+    path = sqlite_path(warehouse_uri).with_suffix(".limit.db")
+    columns = [*PAGE_VIEW_COLUMNS, "loaded_at"]
+    plain = [tuple(str(v) if isinstance(v, datetime) else v for v in row) for row in rows]
+
+    def load() -> float:
+        with sqlite3.connect(path) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS page_views ({', '.join(columns)}, PRIMARY KEY (event_id))"
+            )
+            conn.execute("DELETE FROM page_views")
+        started = time.perf_counter()
+        with sqlite3.connect(path) as conn:
+            marks = ", ".join("?" for _ in columns)
+            for i in range(0, len(plain), 10_000):
+                conn.executemany(f"INSERT INTO page_views VALUES ({marks})", plain[i : i + 10_000])
+                conn.commit()
+        return len(plain) / (time.perf_counter() - started)
+
+    return await asyncio.to_thread(load)
+
+
+async def run(total: int, rounds: int, kind: str) -> dict[str, Any]:
+    records = events(total)
+    rows = limit_rows(records)
+    with tempfile.TemporaryDirectory(prefix="sf-bench-consume-") as tmp:
+        stream = EmbeddedStream.from_uri(f"sqlite:///{tmp}/stream.db")
+        try:
+            await fill(stream, records)
+            if kind == "sqlite":
+                return await _measure(stream, f"sqlite:///{tmp}/warehouse.db", rows, total, rounds, kind)
+            async with throwaway_postgres() as warehouse_uri:
+                return await _measure(stream, warehouse_uri, rows, total, rounds, kind)
+        finally:
+            await stream.close()
+
+
+async def _measure(
+    stream: EmbeddedStream,
+    warehouse_uri: str,
+    rows: list[tuple[Any, ...]],
+    total: int,
+    rounds: int,
+    kind: str,
+) -> dict[str, Any]:
+    speeds: dict[int, list[float]] = {w: [] for w in WORKERS}
+    limits: list[float] = []
+    for r in range(rounds):
+        order = list(WORKERS) if r % 2 == 0 else list(reversed(WORKERS))
+        for workers in order:
+            speeds[workers].append(await consume_round(stream, warehouse_uri, workers, total))
+            if kind == "sqlite":
+                limits.append(await sqlite_limit_round(warehouse_uri, rows))
+            else:
+                limits.append(await copy_round(warehouse_uri, rows))
+    medians = {w: median(v) for w, v in speeds.items()}
+    best = max(medians, key=lambda w: medians[w])
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return figure(
+        NAME,
+        medians[best],
+        median(limits),
+        rss_mb=round(rss + children, 1),
+        warehouse=kind,
+        events=total,
+        rounds=rounds,
+        best_workers=best,
+        **{f"workers_{w}": round(v, 1) for w, v in medians.items()},
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.consume", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer events (a smoke run)")
+    parser.add_argument("--events", type=int, help="events in the stream (default 40000, quick 5000)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warehouse", choices=("postgresql", "sqlite"), default="postgresql")
+    args = parser.parse_args()
+    total = args.events or (5000 if args.quick else 40_000)
+    try:
+        line = asyncio.run(run(total, args.rounds, args.warehouse))
+    except Exception as exc:  # the harness wants a line either way
+        line = error_line(NAME, f"{type(exc).__name__}: {exc}")
+    emit(line)
+
+
+if __name__ == "__main__":
+    main()
