@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.request import pathname2url
 
-from processor import metrics
 from processor.errors import ConfigError, InvalidRequest, LeaseLost, WarehouseUnavailable
 from processor.streams.base import ShardInfo
 from processor.uris import sqlite_path
@@ -245,7 +244,6 @@ class SqliteWarehouse:
             (batch.stream, batch.shard_id),
         ).fetchone()
         if lease is None or lease[0] != batch.fence.owner or lease[1] != batch.fence.lease_counter:
-            metrics.SINK_COMMITS.labels(result="lease_lost").inc()
             raise LeaseLost(
                 f"lease on {batch.stream}/{batch.shard_id} is no longer "
                 f"{batch.fence.owner}#{batch.fence.lease_counter}"

@@ -1,0 +1,390 @@
+"""PostgreSQL warehouse through asyncpg: binary COPY into a staging table, then one fenced commit.
+
+A batch is one transaction on a connection of the write pool: lock the shard's lease row
+(`SELECT ... FOR UPDATE`) and check owner and counter, binary `COPY` the rows into a temporary
+staging table, `INSERT ... SELECT ... ON CONFLICT (event_id) DO NOTHING`, insert the dead
+letters, upsert the checkpoint, commit. A connection cut anywhere before COMMIT leaves nothing.
+
+Lease operations use a pool of their own, so a stuck COPY never delays a renewal, and the
+database server's clock (`clock_timestamp()`), so consumers with skewed clocks agree on expiry.
+Connections are made lazily and each new one resolves the host name again (a DNS name that
+moves to a new primary is followed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+
+from processor.errors import (
+    ConfigError,
+    InvalidRequest,
+    LeaseLost,
+    ShardflowError,
+    WarehouseUnavailable,
+)
+from processor.streams.base import ShardInfo
+from processor.uris import mask_uri
+from sinks._shared import LOAD_COLUMNS, lease_from_row, parents_json, record_commit
+from sinks.base import (
+    PAGE_VIEW_COLUMNS,
+    Batch,
+    Checkpoint,
+    Lease,
+    QueryResult,
+    StoredDeadLetter,
+)
+from sinks.schema import VERSION_TABLE, pending_steps
+
+__all__ = ["PostgresWarehouse"]
+
+_SCHEMA_LOCK = 0x5F_5348_4446  # pg_advisory_xact_lock key shared by every shardflow process
+_STAGE = "shardflow_stage"
+_CREATE_STAGE = (
+    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (LIKE page_views INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+)
+_MERGE = (
+    f"INSERT INTO page_views ({LOAD_COLUMNS}) SELECT {LOAD_COLUMNS} FROM {_STAGE} "
+    "ON CONFLICT (event_id) DO NOTHING"
+)
+_FENCE = "SELECT owner, lease_counter FROM shardflow_leases WHERE stream = $1 AND shard_id = $2 FOR UPDATE"
+_INSERT_DEAD = (
+    "INSERT INTO shardflow_dead_letters (stage, reason, payload, shard_id, sequence_number) "
+    "VALUES ($1, $2, $3, $4, $5)"
+)
+_UPSERT_CHECKPOINT = (
+    "INSERT INTO shardflow_checkpoints (stream, shard_id, sequence_number, lease_counter, updated_at) "
+    "VALUES ($1, $2, $3, $4, now()) ON CONFLICT (stream, shard_id) DO UPDATE SET "
+    "sequence_number = excluded.sequence_number, lease_counter = excluded.lease_counter, "
+    "updated_at = excluded.updated_at"
+)
+_NOW = "extract(epoch from clock_timestamp())::float8"
+_LEASE_COLUMNS = (
+    "l.stream, l.shard_id, l.owner, l.lease_counter, l.expires_at, l.parent_shard_ids, "
+    "c.sequence_number, l.handoff_to"
+)
+_WITH_CHECKPOINT = (
+    f"SELECT {_LEASE_COLUMNS} FROM changed l LEFT JOIN shardflow_checkpoints c "
+    "ON c.stream = l.stream AND c.shard_id = l.shard_id ORDER BY l.shard_id"
+)
+_RETRIABLE_CLASSES = frozenset(("08", "40", "53", "55", "57", "58"))
+"""Connection exception, transaction rollback (deadlock, serialization), insufficient resources,
+object in use / lock not available, operator intervention (shutdown), system error."""
+
+
+class PostgresWarehouse:
+    """`sinks.base.Warehouse` on PostgreSQL; see the module docstring for the guarantees."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        pool_size: int = 4,
+        connect_timeout: float = 5.0,
+        command_timeout: float = 60.0,
+        lease_timeout: float = 5.0,
+    ) -> None:
+        self.dsn = dsn
+        self.pool_size = pool_size
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        self.lease_timeout = lease_timeout
+        self._writes: asyncpg.Pool | None = None
+        self._leases: asyncpg.Pool | None = None
+        self._started = False
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    def from_uri(cls, uri: str) -> PostgresWarehouse:
+        if uri.startswith("postgres://"):
+            uri = "postgresql://" + uri[len("postgres://") :]
+        if not uri.startswith("postgresql://"):
+            raise ConfigError(f"not a PostgreSQL URI: {mask_uri(uri)}")
+        return cls(uri)
+
+    def __repr__(self) -> str:
+        return f"PostgresWarehouse({mask_uri(self.dsn)!r})"
+
+    async def __aenter__(self) -> PostgresWarehouse:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- connections and errors ------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _errors(self, what: str) -> AsyncIterator[None]:
+        """The one place asyncpg and socket errors become shardflow errors."""
+        try:
+            yield
+        except ShardflowError:
+            raise
+        except asyncpg.PostgresError as exc:
+            code = exc.sqlstate or ""
+            message = f"{what} on {mask_uri(self.dsn)}: {exc}"
+            if code[:2] in _RETRIABLE_CLASSES or isinstance(exc, asyncpg.PostgresConnectionError):
+                raise WarehouseUnavailable(message) from exc
+            if code[:2] == "28" or code == "3D000":
+                raise ConfigError(message) from exc
+            raise InvalidRequest(message) from exc
+        except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
+            raise WarehouseUnavailable(f"{what} on {mask_uri(self.dsn)}: {exc!r}") from exc
+
+    async def _make_pool(self, size: int, command_timeout: float) -> asyncpg.Pool:
+        pool: asyncpg.Pool = await asyncpg.create_pool(
+            self.dsn,
+            min_size=1,
+            max_size=size,
+            timeout=self.connect_timeout,
+            command_timeout=command_timeout,
+            max_inactive_connection_lifetime=60.0,
+        )
+        return pool
+
+    async def _pool(self, leases: bool) -> asyncpg.Pool:
+        if not self._started:
+            await self.start()
+        async with self._lock:
+            if leases:
+                if self._leases is None:
+                    self._leases = await self._make_pool(2, self.lease_timeout)
+                return self._leases
+            if self._writes is None:
+                self._writes = await self._make_pool(self.pool_size, self.command_timeout)
+            return self._writes
+
+    @asynccontextmanager
+    async def _conn(self, what: str, *, leases: bool = False) -> AsyncIterator[Any]:
+        async with self._errors(what):
+            pool = await self._pool(leases)
+            async with pool.acquire(timeout=self.connect_timeout) as conn:
+                yield conn
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect both pools and migrate the schema under an advisory lock. Idempotent."""
+        async with self._lock:
+            if self._started:
+                return
+            async with self._errors("start"):
+                if self._writes is None:
+                    self._writes = await self._make_pool(self.pool_size, self.command_timeout)
+                if self._leases is None:
+                    self._leases = await self._make_pool(2, self.lease_timeout)
+                async with self._writes.acquire(timeout=self.connect_timeout) as conn, conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
+                    await conn.execute(VERSION_TABLE["postgresql"])
+                    current = await conn.fetchval(
+                        "SELECT coalesce(max(version), 0) FROM shardflow_schema_version"
+                    )
+                    for version, statements in pending_steps("postgresql", int(current)):
+                        for statement in statements:
+                            await conn.execute(statement)
+                        await conn.execute(
+                            "INSERT INTO shardflow_schema_version (version) VALUES ($1)", version
+                        )
+            self._started = True
+
+    async def close(self) -> None:
+        pools = [p for p in (self._writes, self._leases) if p is not None]
+        self._writes = self._leases = None
+        self._started = False
+        for pool in pools:
+            try:
+                await asyncio.wait_for(pool.close(), self.connect_timeout)
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                pool.terminate()
+
+    # -- Sink --------------------------------------------------------------------------------
+
+    async def write_batch(self, batch: Batch) -> int:
+        started = time.perf_counter()
+        new = 0
+        async with (
+            self._conn("write_batch") as conn,
+            asyncio.timeout(self.command_timeout),
+            conn.transaction(),
+        ):
+            lease = await conn.fetchrow(_FENCE, batch.stream, batch.shard_id)
+            if lease is None or (lease[0], lease[1]) != (batch.fence.owner, batch.fence.lease_counter):
+                raise LeaseLost(
+                    f"lease on {batch.stream}/{batch.shard_id} is no longer "
+                    f"{batch.fence.owner}#{batch.fence.lease_counter}"
+                )
+            if batch.rows:
+                await conn.execute(_CREATE_STAGE)
+                await conn.copy_records_to_table(_STAGE, records=batch.rows, columns=PAGE_VIEW_COLUMNS)
+                status = await conn.execute(_MERGE)
+                new = int(status.rsplit(" ", 1)[-1])
+            if batch.dead_letters:
+                await conn.executemany(
+                    _INSERT_DEAD,
+                    [
+                        (d.stage, d.reason, d.payload, d.shard_id, d.sequence_number)
+                        for d in batch.dead_letters
+                    ],
+                )
+            await conn.execute(
+                _UPSERT_CHECKPOINT,
+                batch.stream,
+                batch.shard_id,
+                batch.checkpoint,
+                batch.fence.lease_counter,
+            )
+        record_commit(started, new, batch.dead_letters)
+        return new
+
+    async def get_checkpoint(self, stream: str, shard_id: str) -> str | None:
+        async with self._conn("get_checkpoint", leases=True) as conn:
+            value = await conn.fetchval(
+                "SELECT sequence_number FROM shardflow_checkpoints WHERE stream = $1 AND shard_id = $2",
+                stream,
+                shard_id,
+            )
+        return None if value is None else str(value)
+
+    async def checkpoints(self, stream: str) -> list[Checkpoint]:
+        async with self._conn("checkpoints", leases=True) as conn:
+            rows = await conn.fetch(
+                "SELECT stream, shard_id, sequence_number, lease_counter, updated_at "
+                "FROM shardflow_checkpoints WHERE stream = $1 ORDER BY shard_id",
+                stream,
+            )
+        return [Checkpoint(r[0], r[1], r[2], int(r[3]), r[4]) for r in rows]
+
+    async def list_dead_letters(
+        self, *, stage: str | None = None, reason_like: str | None = None, limit: int = 1000
+    ) -> list[StoredDeadLetter]:
+        async with self._conn("list_dead_letters") as conn:
+            rows = await conn.fetch(
+                "SELECT id, stage, reason, payload, shard_id, sequence_number, created_at "
+                "FROM shardflow_dead_letters WHERE ($1::text IS NULL OR stage = $1) "
+                "AND ($2::text IS NULL OR reason LIKE $2) ORDER BY id LIMIT $3",
+                stage,
+                reason_like,
+                limit,
+            )
+        return [StoredDeadLetter(*r) for r in rows]
+
+    async def delete_dead_letters(self, ids: Sequence[int]) -> int:
+        if not ids:
+            return 0
+        async with self._conn("delete_dead_letters") as conn:
+            status = await conn.execute(
+                "DELETE FROM shardflow_dead_letters WHERE id = ANY($1::bigint[])", list(ids)
+            )
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def query(self, sql: str, *, limit: int = 10_000) -> QueryResult:
+        async with self._conn("query") as conn, conn.transaction(readonly=True):
+            statement = await conn.prepare(sql)
+            columns = tuple(a.name for a in statement.get_attributes())
+            rows: list[tuple[object, ...]] = []
+            if limit > 0:
+                cursor = await statement.cursor()
+                rows = [tuple(r) for r in await cursor.fetch(limit)]
+            elif not columns:
+                await statement.fetch()
+        return QueryResult(columns, rows)
+
+    async def ping(self) -> bool:
+        try:
+            async with asyncio.timeout(2.0), self._conn("ping", leases=True) as conn:
+                await conn.fetchval("SELECT 1")
+        except (ShardflowError, TimeoutError):
+            return False
+        return True
+
+    # -- LeaseStore ----------------------------------------------------------------------------
+
+    async def create_leases(self, stream: str, shards: Sequence[ShardInfo]) -> None:
+        async with self._conn("create_leases", leases=True) as conn:
+            await conn.executemany(
+                "INSERT INTO shardflow_leases (stream, shard_id, parent_shard_ids) VALUES ($1, $2, $3) "
+                "ON CONFLICT (stream, shard_id) DO NOTHING",
+                [(stream, s.shard_id, parents_json(s.parent_shard_ids)) for s in shards],
+            )
+
+    async def _changed(self, what: str, update: str, *args: object) -> list[Lease]:
+        async with self._conn(what, leases=True) as conn:
+            rows = await conn.fetch(f"WITH changed AS ({update} RETURNING l.*) {_WITH_CHECKPOINT}", *args)
+        return [lease_from_row(*r) for r in rows]
+
+    async def list_leases(self, stream: str) -> list[Lease]:
+        async with self._conn("list_leases", leases=True) as conn:
+            rows = await conn.fetch(
+                f"SELECT {_LEASE_COLUMNS} FROM shardflow_leases l LEFT JOIN shardflow_checkpoints c "
+                "ON c.stream = l.stream AND c.shard_id = l.shard_id WHERE l.stream = $1 ORDER BY l.shard_id",
+                stream,
+            )
+        return [lease_from_row(*r) for r in rows]
+
+    async def take_lease(
+        self, stream: str, shard_id: str, owner: str, expected_counter: int, ttl: float
+    ) -> Lease | None:
+        leases = await self._changed(
+            "take_lease",
+            f"UPDATE shardflow_leases l SET owner = $3, lease_counter = lease_counter + 1, "
+            f"expires_at = {_NOW} + $5, handoff_to = NULL "
+            "WHERE l.stream = $1 AND l.shard_id = $2 AND l.lease_counter = $4",
+            stream,
+            shard_id,
+            owner,
+            expected_counter,
+            ttl,
+        )
+        return leases[0] if leases else None
+
+    async def renew_leases(
+        self, stream: str, owner: str, held: Mapping[str, int], ttl: float
+    ) -> dict[str, Lease]:
+        if not held:
+            return {}
+        leases = await self._changed(
+            "renew_leases",
+            f"UPDATE shardflow_leases l SET expires_at = {_NOW} + $5 "
+            "FROM unnest($3::text[], $4::bigint[]) AS h(shard_id, counter) "
+            "WHERE l.stream = $1 AND l.owner = $2 AND l.shard_id = h.shard_id "
+            "AND l.lease_counter = h.counter",
+            stream,
+            owner,
+            list(held),
+            list(held.values()),
+            ttl,
+        )
+        return {lease.shard_id: lease for lease in leases}
+
+    async def release_lease(self, stream: str, shard_id: str, owner: str, lease_counter: int) -> bool:
+        async with self._conn("release_lease", leases=True) as conn:
+            status = await conn.execute(
+                "UPDATE shardflow_leases SET owner = NULL, lease_counter = lease_counter + 1, "
+                "expires_at = 0, handoff_to = NULL "
+                "WHERE stream = $1 AND shard_id = $2 AND owner = $3 AND lease_counter = $4",
+                stream,
+                shard_id,
+                owner,
+                lease_counter,
+            )
+        return bool(status == "UPDATE 1")
+
+    async def request_handoff(self, stream: str, shard_id: str, requester: str) -> None:
+        async with self._conn("request_handoff", leases=True) as conn:
+            await conn.execute(
+                "UPDATE shardflow_leases SET handoff_to = $3 "
+                "WHERE stream = $1 AND shard_id = $2 AND owner IS NOT NULL AND owner <> $3",
+                stream,
+                shard_id,
+                requester,
+            )
+
+    async def now(self) -> float:
+        async with self._conn("now", leases=True) as conn:
+            return float(await conn.fetchval(f"SELECT {_NOW}"))
