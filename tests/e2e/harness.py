@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,8 @@ class Shardflow:
     data_dir: Path
     port: int = field(default_factory=free_port)
     extra: tuple[str, ...] = ()
+    role: str = "run"
+    """`run`, `ingest` or `consume` (whose port serves /healthz, /readyz and /metrics)."""
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -45,7 +48,7 @@ class Shardflow:
         return self.data_dir / "warehouse.db"
 
     def log(self, name: str) -> str:
-        path = self.data_dir / f"{name}.{self.starts}.log"
+        path = self.data_dir / f"{self.role}.{name}.{self.starts}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
     def start(self, timeout: float = 60.0) -> None:
@@ -53,17 +56,17 @@ class Shardflow:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("SHARDFLOW_")}
         argv = [
-            sys.executable, "-m", "processor", "run",
+            sys.executable, "-m", "processor", self.role,
             "--port", str(self.port),
             "--data-dir", str(self.data_dir),
-            "--workers", "1",
             "--status-interval", "1s",
             "--drain-timeout", "20s",
+            *(("--workers", "1") if self.role != "ingest" else ()),
             *self.extra,
         ]  # fmt: skip
         with (
-            open(self.data_dir / f"stdout.{self.starts}.log", "wb") as out,
-            open(self.data_dir / f"stderr.{self.starts}.log", "wb") as err,
+            open(self.data_dir / f"{self.role}.stdout.{self.starts}.log", "wb") as out,
+            open(self.data_dir / f"{self.role}.stderr.{self.starts}.log", "wb") as err,
         ):
             self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=err)
         wait_until(self._healthy, timeout=timeout, interval=0.1, what=f"shardflow run on port {self.port}")
@@ -71,12 +74,19 @@ class Shardflow:
     def _healthy(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise AssertionError(f"shardflow run exited {self.proc.returncode}:\n{self.log('stderr')}")
+            code = self.proc.returncode
+            raise AssertionError(f"shardflow {self.role} exited {code}:\n{self.log('stderr')}")
+        return self.get("/healthz")[0] == 200
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        """(status, body) of a GET on this process's port; (0, b"") when nothing answers."""
         try:
-            with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as r:
-                return bool(r.status == 200)
+            with urllib.request.urlopen(f"{self.url}{path}", timeout=2) as r:
+                return int(r.status), bytes(r.read())
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), bytes(exc.read())
         except OSError:
-            return False
+            return 0, b""
 
     def signal(self, signum: int) -> None:
         assert self.proc is not None
