@@ -120,6 +120,8 @@ class EmbeddedStream:
             raise StreamUnavailable(f"embedded stream {self.path}: {exc}") from exc
         except sqlite3.Error as exc:
             raise StreamUnavailable(f"embedded stream {self.path} is unusable: {exc}") from exc
+        except OSError as exc:
+            raise StreamUnavailable(f"embedded stream {self.path}: {exc}") from exc
 
     async def close(self) -> None:
         """Close the connection and its thread. Idempotent; a later call opens them again."""

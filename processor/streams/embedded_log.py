@@ -17,6 +17,7 @@ writers.
 from __future__ import annotations
 
 import bisect
+import logging
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -41,6 +42,8 @@ __all__ = [
 
 LOCAL_BITS: Final = 40
 """Bits of a record id that hold its position inside the shard (10^12 records per shard)."""
+logger = logging.getLogger(__name__)
+
 _SEQ_PREFIX: Final = 49 * 10**54
 _SEQ_SHARD: Final = 10**30
 _SHARD_PREFIX: Final = "shardId-"
@@ -388,7 +391,12 @@ class SqliteLog:
         finally:
             self._rollback()
         if now - self._last_trim >= self._trim_interval:
-            self.trim()
+            try:
+                self.trim()
+            except sqlite3.Error as exc:
+                # The put is committed: failing it now would make the producer put it twice.
+                self._last_trim = now
+                logger.warning("embedded stream %s: trim failed, retrying later: %s", self.path, exc)
         return results
 
     def trim(self) -> int:
