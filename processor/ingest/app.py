@@ -33,7 +33,9 @@ FLUSHER = web.AppKey("flusher", Flusher)
 
 def make_app(config: IngestConfig, stream: Stream) -> web.Application:
     """The application; nothing is opened until its runner sets it up."""
-    app = web.Application(client_max_size=config.max_body, handler_args={"max_field_size": 16384})
+    app = web.Application(
+        client_max_size=config.max_body, handler_args={"max_field_size": 16384, "lingering_time": 2.0}
+    )
     spool = Spool(
         config.spool_dir,
         fsync=config.fsync,

@@ -11,7 +11,9 @@ from tests.support.wait import eventually
 async def test_one_event_reaches_the_stream(
     front: FrontEnd, client: aiohttp.ClientSession, stream: EmbeddedStream
 ) -> None:
-    async with client.post(url(front, "/v1/events"), json={"url": "https://a.example/x", "event_id": "e1"}) as r:
+    async with client.post(
+        url(front, "/v1/events"), json={"url": "https://a.example/x", "event_id": "e1"}
+    ) as r:
         assert r.status == 202
         assert await r.json() == {"accepted": 1, "rejected": []}
     events = await eventually(lambda: events_on_stream(stream), timeout=10, what="event on stream")
