@@ -243,16 +243,7 @@ async def test_get_limit_over_10000_is_refused(make_stream: MakeStream) -> None:
         await stream.get_records(iterator, limit=10_001)
 
 
-async def test_unknown_shard_is_an_invalid_request(
-    make_stream: MakeStream, backend: str, request: pytest.FixtureRequest
-) -> None:
-    if backend == "kinesalite":
-        request.applymarker(
-            pytest.mark.xfail(
-                reason="KinesisStream maps a shard's ResourceNotFoundException to StreamNotFound;"
-                " the pinned contract says an unknown shard is InvalidRequest"
-            )
-        )
+async def test_unknown_shard_is_an_invalid_request(make_stream: MakeStream) -> None:
     stream = await make_stream(2)
     with pytest.raises(InvalidRequest):
         await stream.get_shard_iterator(shard_id(99), IteratorType.TRIM_HORIZON)
