@@ -8,9 +8,9 @@ never both believe they took the same lease. The rules, decided by `plan_balance
   (`SHARD_END`) and every parent is.
 - Free and expired leases are taken first (in random order, so consumers starting together
   rarely collide).
-- Beyond that a consumer steals ONE lease at a time from the most-loaded owner, and only from an
-  owner that holds at least two more than itself: each steal strictly narrows the spread, so
-  the group converges and never flaps.
+- Beyond that a consumer steals from the most-loaded owner, one lease per step, and only from
+  an owner that holds at least two more than itself (counting the steals already planned):
+  each step strictly narrows the spread, so the group converges and never flaps.
 - Stealing is graceful: `request_handoff`, the owner finishes its in-flight batches, commits and
   releases; the lease is forced only when the owner has not let go within `handoff_timeout`.
 """
@@ -64,8 +64,8 @@ class BalancePlan:
     consumers: int
     take: list[Lease] = field(default_factory=list)
     """Free or expired leases to take now."""
-    steal: Lease | None = None
-    """A live lease of the most-loaded owner to ask for."""
+    steals: list[Lease] = field(default_factory=list)
+    """Live leases of the most-loaded owners to ask for, one per step."""
 
 
 def plan_balance(
@@ -90,13 +90,23 @@ def plan_balance(
     free.sort(key=lambda lease: lease.handoff_to != me)
     if free:
         return BalancePlan(target, consumers, take=free[: target - mine])
-    victims = [(count, owner) for owner, count in owners.items() if owner is not None and count >= mine + 2]
-    if not victims:
-        return BalancePlan(target, consumers)
-    most = max(count for count, _ in victims)
-    victim = rng.choice([owner for count, owner in victims if count == most])
-    theirs = [lease for lease in candidates if lease.owner == victim and _live(lease, now)]
-    return BalancePlan(target, consumers, steal=rng.choice(theirs))
+    theirs: dict[str, list[Lease]] = {}
+    for lease in candidates:
+        if lease.owner is not None and lease.owner in owners and _live(lease, now):
+            theirs.setdefault(lease.owner, []).append(lease)
+    for leases_of_owner in theirs.values():
+        rng.shuffle(leases_of_owner)
+    steals: list[Lease] = []
+    while mine < target:
+        most = max(owners.values(), default=0)
+        if most < mine + 2:
+            break
+        victim = rng.choice([owner for owner, count in owners.items() if count == most])
+        assert victim is not None
+        steals.append(theirs[victim].pop())
+        owners[victim] -= 1
+        mine += 1
+    return BalancePlan(target, consumers, steals=steals)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +145,7 @@ class LeaseManager:
         self.handoff_timeout = lease_timeout if handoff_timeout is None else handoff_timeout
         self.held: dict[str, Lease] = {}
         self._handing_off: set[str] = set()
-        self._steal: _Steal | None = None
+        self._steals: dict[str, _Steal] = {}
         self._rng = rng or random.Random()
         self.target = 0
         self.consumers = 1
@@ -181,11 +191,16 @@ class LeaseManager:
         leases = await self._store.list_leases(self.stream_name)
         now = await self._store.now()
         acquired: list[Lease] = []
-        if self._steal is not None:
-            stolen = await self._pursue_steal(leases, now)
+        by_shard = {lease.shard_id: lease for lease in leases}
+        for steal in list(self._steals.values()):
+            stolen = await self._pursue_steal(steal, by_shard.get(steal.shard_id), now)
             if stolen is not None:
                 acquired.append(stolen)
-                leases = [stolen if lease.shard_id == stolen.shard_id else lease for lease in leases]
+                by_shard[stolen.shard_id] = stolen
+        leases = list(by_shard.values())
+        if self._steals:
+            # wait for the hand-offs under way before planning more
+            return acquired
         plan = plan_balance(leases, self.consumer_id, list(self.held), now, self._rng)
         self.target, self.consumers = plan.target, plan.consumers
         for lease in plan.take:
@@ -196,31 +211,27 @@ class LeaseManager:
                 LEASE_EVENTS.labels("taken").inc()
                 self._hold(taken)
                 acquired.append(taken)
-        if plan.steal is not None and self._steal is None and plan.steal.owner is not None:
-            victim = plan.steal
+        for victim in plan.steals:
             assert victim.owner is not None
             await self._store.request_handoff(self.stream_name, victim.shard_id, self.consumer_id)
-            self._steal = _Steal(
+            self._steals[victim.shard_id] = _Steal(
                 victim.shard_id, victim.owner, victim.lease_counter, time.monotonic() + self.handoff_timeout
             )
             log.info("asked %s to hand over shard %s", victim.owner, victim.shard_id)
         return acquired
 
-    async def _pursue_steal(self, leases: Sequence[Lease], now: float) -> Lease | None:
-        steal = self._steal
-        assert steal is not None
-        lease = next((lease for lease in leases if lease.shard_id == steal.shard_id), None)
+    async def _pursue_steal(self, steal: _Steal, lease: Lease | None, now: float) -> Lease | None:
         if lease is None or lease.checkpoint == SHARD_END or lease.owner == self.consumer_id:
-            self._steal = None
+            del self._steals[steal.shard_id]
             return None
         released = lease.owner is None or not _live(lease, now)
         unchanged = lease.owner == steal.owner and lease.lease_counter == steal.counter
         if not released and not unchanged:
-            self._steal = None
+            del self._steals[steal.shard_id]
             return None
         if not released and time.monotonic() < steal.deadline:
             return None
-        self._steal = None
+        del self._steals[steal.shard_id]
         taken = await self._store.take_lease(
             self.stream_name, lease.shard_id, self.consumer_id, lease.lease_counter, self.lease_timeout
         )
