@@ -184,11 +184,15 @@ class SqliteLog:
         self.retention = retention
         path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        # FULL: a put is on disk when it returns, as Kinesis acknowledges only stored records;
-        # in WAL mode that is one fsync per 500-record transaction, cheap next to the insert.
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.executescript(_SCHEMA)
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: a put is on disk when it returns, as Kinesis acknowledges only stored records;
+            # in WAL mode that is one fsync per 500-record transaction, cheap next to the insert.
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.executescript(_SCHEMA)
+        except BaseException:
+            self._conn.close()
+            raise
         self._stream_id: int | None = None
         self._last_trim = 0.0
         self._trim_interval = min(60.0, retention / 4)
