@@ -87,8 +87,11 @@ def make_app(config: IngestConfig, stream: Stream) -> web.Application:
 
 
 def readiness(app: web.Application, config: IngestConfig) -> str | None:
-    """None when ready to take events, else why not."""
+    """None when ready to take events, else why not ("spool full" from 90 % of its limit on)."""
+    reasons: list[str] = []
     spool = app[SPOOL]
-    if spool.size_bytes >= config.spool_max_bytes:
-        return f"spool full: {spool.size_bytes} of {config.spool_max_bytes} bytes"
-    return app[FLUSHER].stream_error
+    if spool.size_bytes >= config.spool_max_bytes * 0.9:
+        reasons.append(f"spool full: {spool.size_bytes} of {config.spool_max_bytes} bytes")
+    if app[FLUSHER].stream_error is not None:
+        reasons.append(app[FLUSHER].stream_error)
+    return "; ".join(reasons) or None
