@@ -92,6 +92,7 @@ def readiness(app: web.Application, config: IngestConfig) -> str | None:
     spool = app[SPOOL]
     if spool.size_bytes >= config.spool_max_bytes * 0.9:
         reasons.append(f"spool full: {spool.size_bytes} of {config.spool_max_bytes} bytes")
-    if app[FLUSHER].stream_error is not None:
-        reasons.append(app[FLUSHER].stream_error)
+    stream_error = app[FLUSHER].stream_error
+    if stream_error is not None:
+        reasons.append(stream_error)
     return "; ".join(reasons) or None
