@@ -8,6 +8,7 @@ the HEALTHCHECK command itself.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -16,6 +17,8 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -186,24 +189,65 @@ def test_image_commands_install_the_wheel_and_serve_healthz(dockerfile: Dockerfi
     probe = [shutil.which(probe_form[0], path=env["PATH"]) or probe_form[0], *probe_form[1:]]
     assert Path(probe[0]).is_relative_to(venv), probe
 
-    log = (tmp_path / "ingest.log").open("wb")
-    proc = subprocess.Popen([*entry, "ingest"], cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
+    shown = subprocess.run([*entry, "config"], cwd=home, env=env, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert f"port = {port}  # env" in shown.stdout, shown.stdout
 
-        def healthy() -> bool:
-            assert proc.poll() is None, f"ingest exited {proc.returncode}: {_tail(tmp_path / 'ingest.log')}"
-            return subprocess.run(probe, cwd=home, env=env, capture_output=True, timeout=10).returncode == 0
-
-        wait_until(healthy, timeout=30, interval=0.1, what="the HEALTHCHECK command to pass")
+    with _serving([*entry, "ingest"], probe, home, env, tmp_path / "ingest.log"):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:
             assert answer.status == 200
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0, _tail(tmp_path / "ingest.log")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
+        event = json.dumps({"url": "https://shop.example/p?utm_source=docker", "anonymous_id": "a1"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/events",
+            data=event.encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.status == 202
+            assert json.loads(answer.read()) == {"accepted": 1, "rejected": []}
+
+    # The consumer role, on the same data dir, answers the same HEALTHCHECK and loads the event:
+    # the wheel carries everything enrichment needs at run time.
+    consume_env = env | {"SHARDFLOW_WORKERS": "1"}
+    with _serving([*entry, "consume"], probe, home, consume_env, tmp_path / "consume.log"):
+
+        def loaded() -> bool:
+            counted = subprocess.run(
+                [*entry, "query", "--format", "tsv", "select count(*) from page_views"],
+                cwd=home,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            return counted.returncode == 0 and counted.stdout.split()[-1:] == ["1"]
+
+        wait_until(loaded, timeout=30, interval=0.25, what="the event in page_views")
+
+
+@contextmanager
+def _serving(
+    command: list[str], probe: list[str], home: Path, env: dict[str, str], log_path: Path
+) -> Iterator[None]:
+    """Run one role until the HEALTHCHECK passes, yield, then SIGTERM it: it must drain and exit 0."""
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(command, cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+
+            def healthy() -> bool:
+                assert proc.poll() is None, f"{command[1:]} exited {proc.returncode}: {_tail(log_path)}"
+                return (
+                    subprocess.run(probe, cwd=home, env=env, capture_output=True, timeout=10).returncode == 0
+                )
+
+            wait_until(healthy, timeout=30, interval=0.1, what=f"the HEALTHCHECK of {command[1:]} to pass")
+            yield
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0, _tail(log_path)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def _tail(path: Path) -> str:
