@@ -56,13 +56,22 @@ class HumanFormatter(logging.Formatter):
         return line
 
 
+class _TerminalHandler(logging.StreamHandler[TextIO]):
+    """Clears the line first, so a log line never lands on top of the status line being redrawn."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream.write("\r\x1b[2K")
+        super().emit(record)
+
+
 def setup_logging(
     levels: Mapping[str, int], *, stream: TextIO | None = None, json: bool | None = None
 ) -> None:
     """Route all logging to `stream` (stderr), JSON unless it is a terminal; idempotent."""
     out = stream or sys.stderr
     use_json = not out.isatty() if json is None else json
-    handler = logging.StreamHandler(out)
+    handler: logging.StreamHandler[TextIO]
+    handler = _TerminalHandler(out) if out.isatty() else logging.StreamHandler(out)
     handler.setFormatter(JsonFormatter() if use_json else HumanFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -15,13 +15,14 @@ put and the checkpoints commit with the rows, so the next start resumes where th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,6 +140,21 @@ class Runner:
                 loop.remove_signal_handler(signum)
         return 0
 
+    @contextlib.contextmanager
+    def _sigint_ignored(self) -> Iterator[None]:
+        """SIGINT ignored while the worker pool starts, so its processes inherit the ignore.
+
+        Ctrl-C on a terminal signals the whole process group; workers that took it would die
+        mid-batch instead of letting this process drain them.
+        """
+        loop = asyncio.get_running_loop()
+        loop.remove_signal_handler(signal.SIGINT)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            yield
+        finally:
+            loop.add_signal_handler(signal.SIGINT, self._signals, signal.SIGINT)
+
     async def _run(self) -> None:
         settings, role = self.settings, self.role
         await asyncio.to_thread(ensure_dirs, settings)
@@ -160,8 +176,9 @@ class Runner:
                 # (and /readyz says why) while the warehouse is down.
                 stack.push_async_callback(warehouse.close)
                 consumer = Consumer(settings.consumer, stream, warehouse)
-                await consumer.start()
                 stack.push_async_callback(consumer.stop)
+                with self._sigint_ignored():
+                    await consumer.start()
                 if role is Role.CONSUME:
                     from processor.status_server import StatusServer
 
