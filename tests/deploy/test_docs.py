@@ -62,3 +62,17 @@ def test_compose_example_configures_shardflow_by_known_variables_only() -> None:
         unknown = set(service["environment"]) - known
         assert not unknown, f"{name}: not shardflow options: {sorted(unknown)}"
     assert sorted(set(roles.values())) == ["consume", "ingest"], roles
+
+
+def test_docs_cover_every_command_of_shardflow_help() -> None:
+    import subprocess
+    import sys
+
+    helped = subprocess.run(
+        [sys.executable, "-m", "processor", "--help"], capture_output=True, text=True, timeout=60, check=True
+    )
+    commands = re.findall(r"^    ([a-z][a-z-]+)\s", helped.stdout, flags=re.MULTILINE)
+    assert {"run", "ingest", "consume", "stream", "status"} <= set(commands), helped.stdout
+    docs = "\n".join(p.read_text() for p in DOCS.glob("*.md"))
+    missing = [c for c in commands if f"shardflow {c}" not in docs]
+    assert not missing, f"no doc mentions {missing}"
