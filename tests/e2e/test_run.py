@@ -7,12 +7,15 @@ and restart, and across a SIGKILL after some commits and a restart.
 from __future__ import annotations
 
 import signal
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from tests.e2e.harness import Shardflow, events, send
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -46,6 +49,24 @@ def test_run_loads_every_event_once_and_drains_on_sigterm(shardflow: Shardflow) 
         "query", "select count(*) as n, count(distinct event_id) as d from page_views", "--format", "tsv"
     )
     assert (query.returncode, query.stdout) == (0, f"n\td\n{N}\t{N}\n"), query.stderr
+    # A producer retry of event 0 (dropped by event_id) beside an event with a wrong type.
+    body = b'[{"url": 5}, ' + events(1)[0] + b"]"
+    request = urllib.request.Request(
+        f"{shardflow.url}/v1/events", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert orjson.loads(answer.read()) == {
+            "accepted": 1,
+            "rejected": [{"index": 0, "error": "url: must be a string, not a number"}],
+        }
+
+    def dead_letters() -> str:
+        out = shardflow.cli("dead-letters", "list").stdout
+        return out if "url: must" in out else ""
+
+    dead = wait_until(dead_letters, what="the reject in shardflow_dead_letters")
+    assert dead.splitlines()[2] == "ingest  url: must be a string, not a number      1"
+
     refused = shardflow.cli("query", "drop table page_views")
     assert refused.returncode == 1
     assert refused.stderr.startswith("shardflow: error: ") and "Traceback" not in refused.stderr
