@@ -242,6 +242,9 @@ class KinesisStream:
                     read_timeout=o.timeout,
                     retries={"total_max_attempts": 1, "mode": "standard"},
                     tcp_keepalive=True,
+                    # put_records checks every documented limit itself; botocore's validator
+                    # walks each record again and costs more CPU than the call's own encoding
+                    parameter_validation=False,
                 )
                 try:
                     self._client = await self._exit.enter_async_context(
@@ -556,13 +559,16 @@ class KinesisStream:
             ehk = str(record.explicit_hash_key) if record.explicit_hash_key is not None else None
             sub = SubRecord(record.partition_key, record.data, ehk)
             builder = builders.get(sid)
-            if builder is not None and builder.size_with(sub) > MAX_RECORD_BYTES:
+            if builder is not None and not builder.try_add(sub, MAX_RECORD_BYTES):
                 seal(sid)
                 builder = None
             if builder is None:
-                builder = builders[sid] = AggregateBuilder()
+                builder = AggregateBuilder()
+                if not builder.try_add(sub, MAX_RECORD_BYTES):
+                    packed.append((record, key, [i]))
+                    continue
+                builders[sid] = builder
                 members[sid] = []
-            builder.add(sub)
             members[sid].append(i)
         for sid in list(builders):
             seal(sid)

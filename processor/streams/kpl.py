@@ -40,7 +40,7 @@ class SubRecord:
     explicit_hash_key: str | None = None
 
 
-def _varint(value: int) -> bytes:
+def _varint_slow(value: int) -> bytes:
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -49,87 +49,101 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _varint_len(value: int) -> int:
-    n = 1
-    while value > 0x7F:
-        value >>= 7
-        n += 1
-    return n
+_SMALL_VARINTS = tuple(_varint_slow(i) for i in range(1 << 14))
+
+
+def _varint(value: int) -> bytes:
+    return _SMALL_VARINTS[value] if value < 16384 else _varint_slow(value)
 
 
 def _field_bytes(number: int, payload: bytes) -> bytes:
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
-def _field_len(number: int, length: int) -> int:
-    return _varint_len(number << 3 | 2) + _varint_len(length) + length
+_KEY_TAG = _varint(1 << 3 | 2)
+_HASH_KEY_TAG = _varint(2 << 3 | 2)
+_RECORD_TAG = _varint(3 << 3 | 2)
+_KEY_INDEX_TAG = _varint(1 << 3 | 0)
+_HASH_INDEX_TAG = _varint(2 << 3 | 0)
+_DATA_TAG = _varint(3 << 3 | 2)
 
 
 class AggregateBuilder:
-    """Accumulates sub-records and tells, before adding one, whether it still fits a size limit.
+    """Accumulates sub-records up to a size limit, encoding each one once.
 
-    `size` is the exact byte size of `build()` (magic + protobuf + MD5) plus the partition key
-    Kinesis counts against the 1 MiB record limit.
+    `size` is the exact byte size of `build()` (magic + protobuf + MD5) plus the partition key of
+    the aggregated record, which Kinesis counts against its 1 MiB record limit.
     """
 
     def __init__(self) -> None:
         self._keys: dict[str, int] = {}
         self._hash_keys: dict[str, int] = {}
-        self._records: list[bytes] = []
+        self._parts: list[bytes] = []
+        self._count = 0
         self._body = 0
+        self._key_size = 0
         self.partition_key: str | None = None
         self.explicit_hash_key: str | None = None
 
     def __len__(self) -> int:
-        return len(self._records)
+        return self._count
 
     @property
     def size(self) -> int:
-        return len(MAGIC) + self._body + _DIGEST + len((self.partition_key or "").encode())
+        return len(MAGIC) + self._body + _DIGEST + self._key_size
 
-    def size_with(self, record: SubRecord) -> int:
-        """The size after adding `record`."""
-        extra, _ = self._encode(record, commit=False)
-        pk_extra = 0 if self.partition_key is not None else len(record.partition_key.encode())
-        return self.size + extra + pk_extra
-
-    def add(self, record: SubRecord) -> None:
-        if self.partition_key is None:
-            self.partition_key = record.partition_key
-            self.explicit_hash_key = record.explicit_hash_key
-        extra, encoded = self._encode(record, commit=True)
-        self._body += extra
-        self._records.append(encoded)
-
-    def _encode(self, record: SubRecord, *, commit: bool) -> tuple[int, bytes]:
+    def try_add(self, record: SubRecord, limit: int | None = None) -> bool:
+        """Add `record` unless that takes `size` over `limit` (then nothing changes)."""
         extra = 0
+        new_key: bytes | None = None
         key_index = self._keys.get(record.partition_key)
         if key_index is None:
             key_index = len(self._keys)
-            extra += _field_len(1, len(record.partition_key.encode()))
-            if commit:
-                self._keys[record.partition_key] = key_index
-        inner = _varint(1 << 3 | 0) + _varint(key_index)
+            key_bytes = record.partition_key.encode()
+            new_key = _KEY_TAG + _varint(len(key_bytes)) + key_bytes
+            extra += len(new_key)
+        inner = _KEY_INDEX_TAG + _varint(key_index)
+        new_hash: bytes | None = None
         if record.explicit_hash_key is not None:
             hash_index = self._hash_keys.get(record.explicit_hash_key)
             if hash_index is None:
                 hash_index = len(self._hash_keys)
-                extra += _field_len(2, len(record.explicit_hash_key.encode()))
-                if commit:
-                    self._hash_keys[record.explicit_hash_key] = hash_index
-            inner += _varint(2 << 3 | 0) + _varint(hash_index)
-        if not commit:
-            inner_len = len(inner) + _field_len(3, len(record.data))
-            return extra + _field_len(3, inner_len), b""
-        inner += _field_bytes(3, record.data)
-        encoded = _field_bytes(3, inner)
-        return extra + len(encoded), encoded
+                hash_bytes = record.explicit_hash_key.encode()
+                new_hash = _HASH_KEY_TAG + _varint(len(hash_bytes)) + hash_bytes
+                extra += len(new_hash)
+            inner += _HASH_INDEX_TAG + _varint(hash_index)
+        data = record.data
+        inner_len = len(inner) + len(_DATA_TAG) + len(_varint(len(data))) + len(data)
+        head = _RECORD_TAG + _varint(inner_len) + inner + _DATA_TAG + _varint(len(data))
+        extra += len(head) + len(data)
+        if limit is not None:
+            first_key = 0 if self.partition_key is not None else len(record.partition_key.encode())
+            if self.size + extra + first_key > limit:
+                return False
+        if self.partition_key is None:
+            self.partition_key = record.partition_key
+            self.explicit_hash_key = record.explicit_hash_key
+            self._key_size = len(record.partition_key.encode())
+        if new_key is not None:
+            self._keys[record.partition_key] = key_index
+            self._parts.append(new_key)
+        if new_hash is not None:
+            assert record.explicit_hash_key is not None
+            self._hash_keys[record.explicit_hash_key] = len(self._hash_keys)
+            self._parts.append(new_hash)
+        self._parts.append(head)
+        self._parts.append(data)
+        self._body += extra
+        self._count += 1
+        return True
+
+    def add(self, record: SubRecord) -> None:
+        self.try_add(record)
 
     def build(self) -> bytes:
-        parts = [_field_bytes(1, k.encode()) for k in self._keys]
-        parts += [_field_bytes(2, k.encode()) for k in self._hash_keys]
-        parts += self._records
-        body = b"".join(parts)
+        """The aggregated record. Protobuf allows repeated fields interleaved, so the key tables
+        are written where each key first appears (parsers, AWS's included, collect them in order)."""
+        body = b"".join(self._parts)
         return MAGIC + body + hashlib.md5(body).digest()
 
 

@@ -70,11 +70,15 @@ def test_explicit_hash_keys_both_ways() -> None:
 def test_builder_size_is_exact_and_plain_data_is_not_aggregated() -> None:
     builder = AggregateBuilder()
     for i in range(50):
-        record = SubRecord(f"key-{i % 9}", bytes(i * 37 % 251) * i)
-        predicted = builder.size_with(record)
-        builder.add(record)
-        assert builder.size == predicted
-    assert builder.size == len(builder.build()) + len(b"key-0")
+        record = SubRecord(f"key-{i % 9}", bytes(i * 37 % 251) * i, str(i % 4) if i % 3 else None)
+        before = builder.size
+        assert not builder.try_add(record, before), "a record that does not fit changes nothing"
+        assert builder.size == before
+        assert builder.try_add(record, 10**9)
+        assert builder.size == len(builder.build()) + len(b"key-0")
+    limit = builder.size + 40
+    assert builder.try_add(SubRecord("key-1", b"x" * 10), limit)
+    assert not builder.try_add(SubRecord("key-1", b"x" * 40), limit)
     assert deaggregate(b"plain event") is None
     broken = bytearray(aggregate([SubRecord("k", b"v")]))
     broken[-1] ^= 1

@@ -1,0 +1,403 @@
+"""Records/s put and read through `KinesisStream` against kinesalite, beside async-kinesis and a naive put.
+
+    python -m benchmarks.stream [--quick]
+
+Prints four JSON lines: `stream_put` (peers `async_kinesis` and `naive`: one PutRecord per
+event), `stream_read`, `stream_put_aggregated` and `stream_read_aggregated` (peer:
+async-kinesis with its KPL processor). Every contender produces or consumes the same JSON events
+(about 200 bytes, encoded or decoded inside the timed loop) against the same kinesalite, in
+interleaved rounds (median of 3), each on a fresh 4-shard stream.
+
+Client-side limits are lifted on both sides since the emulator never throttles: shardflow with
+`limits=off`; async-kinesis with `put_rate_limit_per_shard` and `put_bandwidth_limit_per_shard`
+set to 10^9 and `buffer_time` 0.01 s (its consumer's 0.2 s sleep between fetch rounds and one
+GetRecords per shard per round are hard-coded, so `shard_fetch_rate` 1000 and
+`sleep_time_no_records` 0.01 is as far as it goes).
+
+`limit` is the ceiling for each figure measured in the same run: for plain puts and reads, raw
+PutRecords/GetRecords calls with pre-built bodies over aiohttp (no SDK, no per-record work), i.e.
+what kinesalite itself can take; for aggregated ones, where the server carries only a handful of
+records, the CPU cost of KPL packing (or unpacking) and JSON alone, with no network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import logging
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import orjson
+
+from benchmarks.common import emit, error_line, figure, interleaved_async, kinesalite_server
+from processor.streams.base import IteratorType, PutRecord
+from processor.streams.kinesis import KinesisStream
+from processor.streams.kpl import AggregateBuilder, SubRecord, deaggregate
+
+SHARDS = 4
+IN_FLIGHT = 4
+ROUNDS = 3
+AUTH = "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/kinesis/aws4_request, SignedHeaders=host, Signature=0"
+
+
+def make_events(n: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "event_id": str(uuid.UUID(int=i + 1)),
+            "type": "page",
+            "url": f"https://shop.example.com/products/{i % 977}?utm_source=news",
+            "anonymous_id": f"anon-{i % 5000}",
+            "ts": 1_700_000_000_000 + i,
+            "properties": {"price": i % 100, "currency": "EUR"},
+        }
+        for i in range(n)
+    ]
+
+
+def peak_rss_mb() -> float:
+    with open(f"/proc/{os.getpid()}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+class Bench:
+    def __init__(self, endpoint: str, n: int, naive_n: int) -> None:
+        self.endpoint = endpoint
+        self.events = make_events(n)
+        self.naive_events = self.events[:naive_n]
+        self.read_plain = ""
+        self.read_aggregated = ""
+
+    def uri(self, name: str) -> str:
+        return f"kinesis://{name}?region=us-east-1&endpoint={self.endpoint}&limits=off&idle_wait=0"
+
+    async def new_stream(self) -> str:
+        name = f"bench-{uuid.uuid4().hex[:10]}"
+        async with KinesisStream.from_uri(self.uri(name)) as stream:
+            await stream.create(SHARDS)
+        return name
+
+    # --- puts ---------------------------------------------------------------------------------
+
+    async def shardflow_put(self, *, aggregate: bool = False, keep: str = "") -> float:
+        name = await self.new_stream()
+        events = self.events
+        async with KinesisStream.from_uri(self.uri(name), aggregate=aggregate) as stream:
+            await stream.describe()
+            started = time.perf_counter()
+            batch = 2000 if aggregate else 500
+            queue = [events[i : i + batch] for i in range(0, len(events), batch)]
+
+            async def worker() -> None:
+                while queue:
+                    chunk = queue.pop(0)
+                    records = [PutRecord(orjson.dumps(e), e["anonymous_id"]) for e in chunk]
+                    results = await stream.put_records(records)
+                    assert all(r.ok for r in results)
+
+            async with asyncio.TaskGroup() as tg:
+                for _ in range(IN_FLIGHT):
+                    tg.create_task(worker())
+            elapsed = time.perf_counter() - started
+        if keep:
+            setattr(self, keep, name)
+        return len(events) / elapsed
+
+    async def async_kinesis_put(self, *, aggregate: bool = False) -> float:
+        from kinesis import Producer
+        from kinesis.processors import JsonProcessor, KPLJsonProcessor
+
+        name = await self.new_stream()
+        processor = KPLJsonProcessor() if aggregate else JsonProcessor()
+        producer = Producer(
+            stream_name=name,
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            processor=processor,
+            put_rate_limit_per_shard=10**9,
+            put_bandwidth_limit_per_shard=10**9,
+            buffer_time=0.01,
+            batch_size=500,
+            max_queue_size=len(self.events) + 1,
+        )
+        async with producer:
+            started = time.perf_counter()
+            for e in self.events:
+                # its KPL processor refuses custom partition keys (it makes its own)
+                await producer.put(e) if aggregate else await producer.put(e, partition_key=e["anonymous_id"])
+            await producer.flush()
+        elapsed = time.perf_counter() - started
+        return len(self.events) / elapsed
+
+    async def naive_put(self) -> float:
+        from aiobotocore.session import get_session
+
+        name = await self.new_stream()
+        async with get_session().create_client(
+            "kinesis", region_name="us-east-1", endpoint_url=self.endpoint
+        ) as client:
+            started = time.perf_counter()
+            for e in self.naive_events:
+                await client.put_record(StreamName=name, Data=orjson.dumps(e), PartitionKey=e["anonymous_id"])
+            elapsed = time.perf_counter() - started
+        return len(self.naive_events) / elapsed
+
+    async def raw_put(self) -> float:
+        """Ceiling: pre-built PutRecords bodies posted over aiohttp, IN_FLIGHT at a time."""
+        name = await self.new_stream()
+        bodies = [
+            orjson.dumps(
+                {
+                    "StreamName": name,
+                    "Records": [
+                        {
+                            "Data": base64.b64encode(orjson.dumps(e)).decode(),
+                            "PartitionKey": e["anonymous_id"],
+                        }
+                        for e in self.events[i : i + 500]
+                    ],
+                }
+            )
+            for i in range(0, len(self.events), 500)
+        ]
+        headers = _headers("PutRecords")
+        async with aiohttp.ClientSession() as http:
+            started = time.perf_counter()
+
+            async def worker() -> None:
+                while bodies:
+                    body = bodies.pop()
+                    async with http.post(self.endpoint, data=body, headers=headers) as answer:
+                        assert answer.status == 200, await answer.text()
+                        await answer.read()
+
+            async with asyncio.TaskGroup() as tg:
+                for _ in range(IN_FLIGHT):
+                    tg.create_task(worker())
+            elapsed = time.perf_counter() - started
+        return len(self.events) / elapsed
+
+    # --- reads --------------------------------------------------------------------------------
+
+    async def shardflow_read(self, name: str, count: int) -> float:
+        async with KinesisStream.from_uri(self.uri(name)) as stream:
+            started = time.perf_counter()
+            shards = (await stream.describe()).shards
+            total = 0
+
+            async def shard_reader(shard_id: str) -> None:
+                nonlocal total
+                it: str | None = await stream.get_shard_iterator(shard_id, IteratorType.TRIM_HORIZON)
+                while it is not None:
+                    got = await stream.get_records(it)
+                    for r in got.records:
+                        orjson.loads(r.data)
+                    total += len(got.records)
+                    it = got.next_iterator
+                    if not got.records and got.millis_behind_latest == 0:
+                        return
+
+            async with asyncio.TaskGroup() as tg:
+                for s in shards:
+                    tg.create_task(shard_reader(s.shard_id))
+            elapsed = time.perf_counter() - started
+        assert total == count, (total, count)
+        return count / elapsed
+
+    async def async_kinesis_read(self, name: str, count: int, *, aggregate: bool = False) -> float:
+        from kinesis import Consumer
+        from kinesis.processors import JsonProcessor, KPLJsonProcessor
+
+        consumer = Consumer(
+            stream_name=name,
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            processor=KPLJsonProcessor() if aggregate else JsonProcessor(),
+            iterator_type="TRIM_HORIZON",
+            shard_fetch_rate=1000,
+            sleep_time_no_records=0.01,
+            max_queue_size=count + 1,
+            idle_timeout=5.0,
+        )
+        seen = 0
+        started = time.perf_counter()
+        async with consumer:
+            async for _ in consumer:
+                seen += 1
+                if seen == count:
+                    break
+        elapsed = time.perf_counter() - started
+        assert seen == count, (seen, count)
+        return count / elapsed
+
+    async def raw_read(self, name: str, count: int) -> float:
+        """Ceiling: GetRecords over aiohttp with orjson, no SDK and no per-record decoding."""
+        async with aiohttp.ClientSession() as http:
+
+            async def call(target: str, body: dict[str, Any]) -> dict[str, Any]:
+                async with http.post(self.endpoint, data=orjson.dumps(body), headers=_headers(target)) as a:
+                    assert a.status == 200, await a.text()
+                    result: dict[str, Any] = orjson.loads(await a.read())
+                    return result
+
+            started = time.perf_counter()
+            shards = (await call("ListShards", {"StreamName": name}))["Shards"]
+            total = 0
+
+            async def shard_reader(shard_id: str) -> None:
+                nonlocal total
+                it = (
+                    await call(
+                        "GetShardIterator",
+                        {"StreamName": name, "ShardId": shard_id, "ShardIteratorType": "TRIM_HORIZON"},
+                    )
+                )["ShardIterator"]
+                while it:
+                    got = await call("GetRecords", {"ShardIterator": it, "Limit": 10000})
+                    total += len(got["Records"])
+                    it = got.get("NextShardIterator")
+                    if not got["Records"] and got.get("MillisBehindLatest", 0) == 0:
+                        return
+
+            async with asyncio.TaskGroup() as tg:
+                for s in shards:
+                    tg.create_task(shard_reader(s["ShardId"]))
+            elapsed = time.perf_counter() - started
+        assert total == count, (total, count)
+        return count / elapsed
+
+    # --- CPU ceilings for aggregation ---------------------------------------------------------
+
+    async def pack_only(self) -> float:
+        started = time.perf_counter()
+        builder = AggregateBuilder()
+        for e in self.events:
+            sub = SubRecord(e["anonymous_id"], orjson.dumps(e))
+            if not builder.try_add(sub, 1024 * 1024):
+                builder.build()
+                builder = AggregateBuilder()
+                builder.add(sub)
+        builder.build()
+        return len(self.events) / (time.perf_counter() - started)
+
+    async def unpack_only(self) -> float:
+        blobs: list[bytes] = []
+        builder = AggregateBuilder()
+        for e in self.events:
+            sub = SubRecord(e["anonymous_id"], orjson.dumps(e))
+            if not builder.try_add(sub, 1024 * 1024):
+                blobs.append(builder.build())
+                builder = AggregateBuilder()
+                builder.add(sub)
+        blobs.append(builder.build())
+        started = time.perf_counter()
+        for blob in blobs:
+            for sub in deaggregate(blob) or ():
+                orjson.loads(sub.data)
+        return len(self.events) / (time.perf_counter() - started)
+
+
+def _headers(target: str) -> dict[str, str]:
+    return {
+        "Content-Type": "application/x-amz-json-1.1",
+        "X-Amz-Target": f"Kinesis_20131202.{target}",
+        "Authorization": AUTH,
+        "X-Amz-Date": "20260101T000000Z",
+    }
+
+
+async def run(quick: bool) -> None:
+    n, naive_n = (3000, 150) if quick else (20000, 600)
+    logging.getLogger("kinesis").setLevel(logging.ERROR)
+    with kinesalite_server() as (endpoint, _):
+        bench = Bench(endpoint, n, naive_n)
+        common = {"events": n, "shards": SHARDS, "in_flight": IN_FLIGHT, "rounds": ROUNDS}
+        lifted = {
+            "async_kinesis_limits": "put_rate_limit_per_shard=1e9, put_bandwidth_limit_per_shard=1e9, "
+            "buffer_time=0.01, batch_size=500; consumer shard_fetch_rate=1000, sleep_time_no_records=0.01 "
+            "(its 0.2 s sleep per fetch round is fixed)",
+            "shardflow_limits": "limits=off",
+        }
+
+        async def line(
+            name: str, contenders: dict[str, Callable[[], Awaitable[float]]], **extra: Any
+        ) -> None:
+            try:
+                got = await interleaved_async(contenders, ROUNDS)
+            except Exception as exc:
+                emit(error_line(name, f"{type(exc).__name__}: {exc}"))
+                return
+            peers = {k: v for k, v in got.items() if k not in {"shardflow", "limit"}}
+            emit(figure(name, got["shardflow"], got["limit"], peers=peers, rss_mb=peak_rss_mb(), **extra))
+
+        await line(
+            "stream_put",
+            {
+                "shardflow": lambda: bench.shardflow_put(keep="read_plain"),
+                "async_kinesis": bench.async_kinesis_put,
+                "naive": bench.naive_put,
+                "limit": bench.raw_put,
+            },
+            **common,
+            naive_events=naive_n,
+            limit_basis="raw PutRecords over aiohttp, pre-built bodies",
+            **lifted,
+        )
+        await line(
+            "stream_read",
+            {
+                "shardflow": lambda: bench.shardflow_read(bench.read_plain, n),
+                "async_kinesis": lambda: bench.async_kinesis_read(bench.read_plain, n),
+                "limit": lambda: bench.raw_read(bench.read_plain, n),
+            },
+            **common,
+            limit_basis="raw GetRecords over aiohttp, no per-record decoding",
+            **lifted,
+        )
+        await line(
+            "stream_put_aggregated",
+            {
+                "shardflow": lambda: bench.shardflow_put(aggregate=True, keep="read_aggregated"),
+                "async_kinesis": lambda: bench.async_kinesis_put(aggregate=True),
+                "limit": bench.pack_only,
+            },
+            **common,
+            limit_basis="KPL packing and JSON encoding alone, no network",
+            **lifted,
+        )
+        await line(
+            "stream_read_aggregated",
+            {
+                "shardflow": lambda: bench.shardflow_read(bench.read_aggregated, n),
+                "async_kinesis": lambda: bench.async_kinesis_read(bench.read_aggregated, n, aggregate=True),
+                "limit": bench.unpack_only,
+            },
+            **common,
+            limit_basis="KPL unpacking and JSON decoding alone, no network",
+            **lifted,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="small sizes (a CI smoke run)")
+    args = parser.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(run(args.quick))
+
+
+if __name__ == "__main__":
+    main()
