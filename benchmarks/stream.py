@@ -43,7 +43,10 @@ from processor.streams.kpl import AggregateBuilder, SubRecord, deaggregate
 SHARDS = 4
 IN_FLIGHT = 4
 ROUNDS = 3
-AUTH = "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/kinesis/aws4_request, SignedHeaders=host, Signature=0"
+AUTH = (
+    "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/kinesis/aws4_request, "
+    "SignedHeaders=host, Signature=0"
+)
 
 
 def make_events(n: int) -> list[dict[str, Any]]:
