@@ -164,3 +164,22 @@ def test_json_logs_carry_consumer_and_shard() -> None:
 def test_human_logs_are_one_readable_line() -> None:
     line = HumanFormatter().format(_record(shard_id="shardId-000000000001"))
     assert line.endswith("INFO    shard_consumer.shard: committed 5 rows  shard_id=shardId-000000000001")
+
+
+def test_stream_commands_on_kinesis(capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.support.kinesalite import kinesalite
+
+    with kinesalite() as endpoint:
+        uri = f"kinesis://sf-cli?region=us-east-1&endpoint={endpoint}"
+        code, out, err = run_cli(capsys, "stream", "create", "--shards", "2", "--stream", uri)
+        assert (code, out) == (0, "stream sf-cli created with 2 open shards\n"), err
+        code, out, err = run_cli(capsys, "stream", "describe", "--stream", uri)
+        assert code == 0, err
+        lines = out.splitlines()
+        assert lines[0] == "stream sf-cli: ACTIVE, 2 open of 2 shards, retention 24h"
+        assert [line.split()[:2] for line in lines[3:]] == [
+            ["shardId-000000000000", "open"],
+            ["shardId-000000000001", "open"],
+        ]
+        code, _, err = run_cli(capsys, "stream", "describe", "--stream", uri.replace("sf-cli", "absent"))
+        assert code == 1 and err.startswith("shardflow: error: ") and err.count("\n") == 1
