@@ -409,33 +409,29 @@ async def cmd_query(settings: Settings, args: argparse.Namespace) -> int:
     return await _with_warehouse(settings, query)
 
 
+def _when(value: object) -> str:
+    return value.isoformat(timespec="seconds") if hasattr(value, "isoformat") else _cell(value)
+
+
 async def cmd_dead_list(settings: Settings, args: argparse.Namespace) -> int:
+    from sinks.dead_letters import dead_letter_groups
+
     async def listing(warehouse: Any) -> int:
+        groups = await dead_letter_groups(warehouse, stage=args.stage, reason_like=args.reason_like)
+        if not groups:
+            _print("no dead letters")
+            return 0
+        summary = [(g.stage, g.reason, g.count, _when(g.first_at), _when(g.last_at)) for g in groups]
+        _print(table(("stage", "reason", "count", "first", "last"), summary))
         letters = await warehouse.list_dead_letters(
             stage=args.stage, reason_like=args.reason_like, limit=args.limit
         )
-        if not letters:
-            _print("no dead letters")
-            return 0
-        counts: dict[tuple[str, str], int] = {}
-        for d in letters:
-            counts[(d.stage, d.reason)] = counts.get((d.stage, d.reason), 0) + 1
-        summary = sorted(((s, r, n) for (s, r), n in counts.items()), key=lambda x: (-x[2], x[0], x[1]))
-        _print(table(("stage", "reason", "count"), summary))
-        _print("")
         rows = [
-            (
-                d.id,
-                d.stage,
-                d.reason[:60],
-                d.shard_id,
-                d.sequence_number,
-                d.created_at.isoformat(timespec="seconds"),
-                d.payload[:60],
-            )
-            for d in letters
+            (d.id, d.stage, d.reason[:60], d.shard_id, _when(d.created_at), d.payload[:60]) for d in letters
         ]
-        _print(table(("id", "stage", "reason", "shard", "seq", "created_at", "payload"), rows))
+        total = sum(g.count for g in groups)
+        _print(f"\n{len(rows)} of {total} (--limit N for more):" if len(rows) < total else "")
+        _print(table(("id", "stage", "reason", "shard", "created_at", "payload"), rows))
         return 0
 
     return await _with_warehouse(settings, listing)
@@ -449,11 +445,13 @@ async def cmd_dead_replay(settings: Settings, args: argparse.Namespace) -> int:
             report = await replay_dead_letters(
                 warehouse, stream, stage=args.stage, reason_like=args.reason_like
             )
-            if dataclasses.is_dataclass(report) and not isinstance(report, type):
-                text = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in dataclasses.asdict(report).items())
-            else:
-                text = str(report)
-            _print(f"replayed: {text}")
+            _print(
+                f"examined {report.examined}, replayed {report.replayed} ({report.events} events put on "
+                f"{stream.name}), kept {report.kept}"
+            )
+            if report.errors:
+                kept = sorted(report.errors.items(), key=lambda item: -item[1])
+                _print(table(("kept because", "count"), kept))
             return 0
 
         return await _with_stream(settings, with_stream)

@@ -65,7 +65,9 @@ def test_run_loads_every_event_once_and_drains_on_sigterm(shardflow: Shardflow) 
         return out if "url: must" in out else ""
 
     dead = wait_until(dead_letters, what="the reject in shardflow_dead_letters")
-    assert dead.splitlines()[2] == "ingest  url: must be a string, not a number      1"
+    assert dead.splitlines()[2].startswith("ingest  url: must be a string, not a number      1  ")
+    replay = shardflow.cli("dead-letters", "replay", "--stage", "ingest")
+    assert replay.stdout.splitlines()[0] == "examined 1, replayed 0 (0 events put on shardflow), kept 1"
 
     refused = shardflow.cli("query", "drop table page_views")
     assert refused.returncode == 1
