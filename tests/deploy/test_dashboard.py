@@ -8,10 +8,8 @@ Counters are exposed as `<name>_total`, histograms as `<name>_bucket/_sum/_count
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +19,15 @@ import yaml  # type: ignore[import-untyped]
 from prometheus_client import REGISTRY, generate_latest
 
 import processor.metrics  # noqa: F401  (registers every metric in the default registry)
-
-ROOT = Path(__file__).resolve().parents[2]
-DASHBOARD = ROOT / "deploy" / "grafana" / "shardflow.json"
-ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
-
-METRIC = re.compile(r"\b(shardflow_[a-z0-9_]+)\b")
-SUFFIXES = {"histogram": ("_bucket", "_sum", "_count"), "summary": ("", "_sum", "_count")}
+from tests.deploy.promql import (
+    ALERTS,
+    DASHBOARD,
+    METRIC,
+    alert_rules,
+    dashboard_exprs,
+    exposed_series,
+    used_metrics,
+)
 
 SPEC_METRICS = {
     "shardflow_ingest_events_total",
@@ -43,53 +43,6 @@ SPEC_METRICS = {
     "shardflow_dead_letters_total",
 }
 """SPEC "Metrics" as series names; the dashboard shows every one of them."""
-
-
-def exposed_series(text: str) -> set[str]:
-    """Every series name a scrape of this Prometheus text can return, labelled children or not."""
-    names: set[str] = set()
-    for line in text.splitlines():
-        if line.startswith("# TYPE "):
-            _, _, name, kind = line.split(" ", 3)
-            names.update(name + suffix for suffix in SUFFIXES.get(kind, ("",)))
-        elif line and not line.startswith("#"):
-            names.add(re.split(r"[{ ]", line, maxsplit=1)[0])
-    return names
-
-
-def _exprs(node: Any) -> Iterator[str]:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "expr" and isinstance(value, str):
-                yield value
-            else:
-                yield from _exprs(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _exprs(item)
-
-
-def dashboard_exprs() -> list[str]:
-    return list(_exprs(json.loads(DASHBOARD.read_text())))
-
-
-def alert_rules() -> list[dict[str, Any]]:
-    rules: list[dict[str, Any]] = []
-    for group in yaml.safe_load(ALERTS.read_text())["groups"]:
-        rules.extend(group["rules"])
-    return rules
-
-
-def used_metrics() -> dict[str, set[str]]:
-    """Metric name -> where it is used ("dashboard", or the alert's name)."""
-    used: dict[str, set[str]] = {}
-    for expr in dashboard_exprs():
-        for name in METRIC.findall(expr):
-            used.setdefault(name, set()).add("dashboard")
-    for rule in alert_rules():
-        for name in METRIC.findall(rule["expr"]):
-            used.setdefault(name, set()).add(rule["alert"])
-    return used
 
 
 def test_dashboard_and_alerts_use_only_registered_metrics() -> None:

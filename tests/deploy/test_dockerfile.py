@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.dockerfile import Dockerfile, Instruction, Stage
+from tests.deploy.promql import exposed_series, used_metrics
 from tests.support.net import free_port
 from tests.support.wait import wait_until
 
@@ -223,6 +224,10 @@ def test_image_commands_install_the_wheel_and_serve_healthz(dockerfile: Dockerfi
             return counted.returncode == 0 and counted.stdout.split()[-1:] == ["1"]
 
         wait_until(loaded, timeout=30, interval=0.25, what="the event in page_views")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+            exposed = exposed_series(answer.read().decode())
+        missing = sorted(set(used_metrics()) - exposed)
+        assert not missing, f"the dashboard or alerts use {missing}, absent from consume's /metrics"
 
 
 @contextmanager
