@@ -269,7 +269,8 @@ async def _listen(start: Callable[[], object], host: str, port: int) -> None:
         if asyncio.iscoroutine(result):
             await result
     except OSError as exc:
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ConfigError(f"cannot listen on {host}:{port}: {reason}") from None
 
 
 def _records_read() -> float:

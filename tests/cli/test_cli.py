@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -183,3 +184,13 @@ def test_stream_commands_on_kinesis(capsys: pytest.CaptureFixture[str]) -> None:
         ]
         code, _, err = run_cli(capsys, "stream", "describe", "--stream", uri.replace("sf-cli", "absent"))
         assert code == 1 and err.startswith("shardflow: error: ") and err.count("\n") == 1
+
+
+def test_port_in_use_is_one_line_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, _, err = run_cli(capsys, "ingest", "--port", str(port), "--data-dir", str(tmp_path))
+    assert code == 2
+    assert err == f"shardflow: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
