@@ -47,15 +47,18 @@ class Module:
 
 
 MODULES: tuple[Module, ...] = (
-    Module("ingest", ("ingest_single", "ingest_batch"), 80, 15),
+    Module("ingest", ("ingest_single", "ingest_batch"), 70, 12),
     Module(
-        "stream", ("stream_put", "stream_read", "stream_put_aggregated", "stream_read_aggregated"), 110, 20
+        "stream",
+        ("stream_put", "stream_read", "stream_put_aggregated", "stream_read_aggregated"),
+        100,
+        15,
     ),
-    Module("consume", ("consume",), 60, 10),
-    Module("sink", ("sink_postgres", "sink_mysql"), 70, 10),
+    Module("consume", ("consume",), 60, 12),
+    Module("sink", ("sink_postgres", "sink_mysql"), 70, 12),
     Module("leases_scale", (), 40, 5),
-    Module("ingest_latency", ("ingest_stalled",), 40, 10),
-    Module("end_to_end", ("end_to_end", "end_to_end_kinesis"), 200, 50),
+    Module("ingest_latency", ("ingest_stalled",), 40, 12),
+    Module("end_to_end", ("end_to_end", "end_to_end_kinesis"), 220, 52),
 )
 
 

@@ -16,7 +16,8 @@ drain and checks that the warehouse holds each accepted event exactly once.
 
 `limit` is plain binary COPY (asyncpg `copy_records_to_table`) of the same rows, built by
 `to_page_view` from the same events, into a table made by the same DDL in the same PostgreSQL:
-the median of three rounds, one before the pipeline starts and two after it stops.
+the median of five rounds (quick: three), one before the pipeline starts and the rest after it
+stops.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class Settings:
     seconds: float
     warmup: float
     copy_rows: int
+    copy_rounds: int
     generators: int
     connections: int
     workers: int
@@ -315,6 +317,7 @@ def _stream(kind: str, data_dir: Path, monitor: RssMonitor) -> Iterator[str]:
 
 async def run_one(kind: str, settings: Settings, copy_rows: list[tuple[Any, ...]]) -> dict[str, Any]:
     name = "end_to_end" if kind == "embedded" else "end_to_end_kinesis"
+    run_started = time.monotonic()
     monitor = RssMonitor().start()
     copies: list[float] = []
     async with throwaway_postgres() as warehouse_uri:
@@ -335,7 +338,8 @@ async def run_one(kind: str, settings: Settings, copy_rows: list[tuple[Any, ...]
                 bad_exit = {k: v for k, v in pipeline.exit_codes.items() if v not in (0, -15)}
                 if bad_exit:
                     measured["stderr_tail"] = {k: pipeline.tail(k, 300) for k in bad_exit}
-            copies.extend([await copy_round(conn, copy_rows), await copy_round(conn, copy_rows)])
+            for _ in range(settings.copy_rounds - 1):
+                copies.append(await copy_round(conn, copy_rows))
         finally:
             await conn.close()
     rss = monitor.stop()
@@ -343,6 +347,7 @@ async def run_one(kind: str, settings: Settings, copy_rows: list[tuple[Any, ...]
     loaded = measured.pop("loaded_per_s")
     line = figure(name, loaded, limit, rss_mb=rss, **measured)
     line["limit_rounds"] = [round(c, 1) for c in copies]
+    line["run_s"] = round(time.monotonic() - run_started, 1)
     line["targets"] = {"ratio_limit": TARGET_RATIO, "events_per_s": TARGET_EVENTS}
     line["meets_targets"] = bool(
         line["ratio_limit"] is not None
@@ -357,6 +362,7 @@ async def run_one(kind: str, settings: Settings, copy_rows: list[tuple[Any, ...]
 async def _drive(
     pipeline: Pipeline, settings: Settings, conn: asyncpg.Connection, monitor: RssMonitor
 ) -> dict[str, Any]:
+    t0 = time.monotonic()
     pipeline.create_stream()
     port = _free_port()
     pipeline.start_ingest(port)
@@ -370,6 +376,7 @@ async def _drive(
     for i, gen in enumerate(pipeline.generators):
         monitor.watch(f"loadgen{i}" if len(pipeline.generators) > 1 else "loadgen", gen.proc.pid)
 
+    startup_s = time.monotonic() - t0
     # Warm-up at full speed: the consumers' drain rate seeds the controller.
     pipeline.set_rate(0)
     start_loaded, started = await _loaded(conn), time.monotonic()
@@ -427,6 +434,7 @@ async def _drive(
         "failed_requests_events": pipeline.failed,
         "exactly_once": final == accepted_total == distinct,
         "drain_s": round(drained_in, 2),
+        "startup_s": round(startup_s, 2),
         "latency_ms": latency,
         "shards": SHARDS,
         "generators": settings.generators,
@@ -438,8 +446,9 @@ async def _drive(
 async def main_async(args: argparse.Namespace) -> int:
     settings = Settings(
         seconds=args.seconds if args.seconds is not None else (15.0 if args.quick else 60.0),
-        warmup=args.warmup if args.warmup is not None else (3.0 if args.quick else 10.0),
-        copy_rows=args.copy_rows if args.copy_rows is not None else (30_000 if args.quick else 100_000),
+        warmup=args.warmup if args.warmup is not None else (2.0 if args.quick else 10.0),
+        copy_rows=args.copy_rows if args.copy_rows is not None else (20_000 if args.quick else 100_000),
+        copy_rounds=3 if args.quick else 5,
         generators=args.generators,
         connections=args.connections,
         workers=args.workers,
@@ -467,13 +476,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.end_to_end", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--quick", action="store_true", help="15 s window after a 3 s warm-up")
+    parser.add_argument("--quick", action="store_true", help="15 s window after a 2 s warm-up")
     parser.add_argument(
         "--only", action="append", choices=("embedded", "kinesis"), help="run one stream kind (repeatable)"
     )
     parser.add_argument("--seconds", type=float, help="measurement window (default 60, quick 15)")
-    parser.add_argument("--warmup", type=float, help="full-speed warm-up (default 10, quick 3)")
-    parser.add_argument("--copy-rows", type=int, help="rows per COPY round (default 100000, quick 30000)")
+    parser.add_argument("--warmup", type=float, help="full-speed warm-up (default 10, quick 2)")
+    parser.add_argument("--copy-rows", type=int, help="rows per COPY round (default 100000, quick 20000)")
     parser.add_argument("--generators", type=int, default=1, help="load-generator processes")
     parser.add_argument("--connections", type=int, default=16, help="HTTP connections per generator")
     parser.add_argument("--workers", type=int, default=0, help="consumer workers (0: CLI default)")
