@@ -338,8 +338,7 @@ async def run_one(kind: str, settings: Settings, copy_rows: list[tuple[Any, ...]
                 bad_exit = {k: v for k, v in pipeline.exit_codes.items() if v not in (0, -15)}
                 if bad_exit:
                     measured["stderr_tail"] = {k: pipeline.tail(k, 300) for k in bad_exit}
-            for _ in range(settings.copy_rounds - 1):
-                copies.append(await copy_round(conn, copy_rows))
+            copies.extend([await copy_round(conn, copy_rows) for _ in range(settings.copy_rounds - 1)])
         finally:
             await conn.close()
     rss = monitor.stop()
