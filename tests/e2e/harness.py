@@ -36,6 +36,8 @@ class Shardflow:
     extra: tuple[str, ...] = ()
     role: str = "run"
     """`run`, `ingest` or `consume` (whose port serves /healthz, /readyz and /metrics)."""
+    workers: int = 1
+    """Enrichment workers (1: a thread, sparing the test machine's cores; 0: one process per core)."""
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -61,7 +63,7 @@ class Shardflow:
             "--data-dir", str(self.data_dir),
             "--status-interval", "1s",
             "--drain-timeout", "20s",
-            *(("--workers", "1") if self.role != "ingest" else ()),
+            *(("--workers", str(self.workers)) if self.role != "ingest" else ()),
             *self.extra,
         ]  # fmt: skip
         with (

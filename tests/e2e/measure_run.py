@@ -28,10 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--generators", type=int, default=1)
-    parser.add_argument("--workers", default="1")
+    parser.add_argument("--workers", type=int, default=0, help="shardflow run --workers (0: one per core)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        sf = Shardflow(Path(tmp) / "data")
+        sf = Shardflow(Path(tmp) / "data", workers=args.workers)
         sf.start()
         try:
             generators = [
@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "loaded_exactly_once": distinct == accepted == rows,
         "exit_code": exit_code,
+        "workers": args.workers,
     }
     print(orjson.dumps(line).decode())
     return 0
