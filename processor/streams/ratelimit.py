@@ -2,8 +2,9 @@
 
 Writes: 1,000 records/s and 1 MiB/s per shard. Reads: 5 GetRecords calls/s and 2 MiB/s per
 shard. The write buckets are adaptive: a `ProvisionedThroughputExceededException` halves the
-shard's rate (other producers share the shard), which then climbs back slowly while no throttle
-is seen, so a fleet of producers settles just below the limit instead of oscillating.
+shard's rate (other producers share the shard; at most one cut a second), which then climbs back
+by a tenth of the limit per second while no throttle is seen, so a fleet of producers settles
+near the limit instead of oscillating.
 """
 
 from __future__ import annotations
@@ -35,11 +36,20 @@ class TokenBucket:
     waits longer), so one big record can never wedge the bucket.
     """
 
-    def __init__(self, rate: float, *, burst_seconds: float = 1.0, recovery_per_second: float = 0.05) -> None:
+    def __init__(
+        self,
+        rate: float,
+        *,
+        burst_seconds: float = 1.0,
+        recovery_per_second: float = 0.1,
+        cut_interval: float = 1.0,
+    ) -> None:
         self.max_rate = rate
         self.rate = rate
         self._burst = burst_seconds
         self._recovery = recovery_per_second
+        self._cut_interval = cut_interval
+        self._last_cut = -cut_interval
         self._tokens = rate * burst_seconds
         self._stamp = time.monotonic()
 
@@ -62,8 +72,16 @@ class TokenBucket:
             await asyncio.sleep(wait)
 
     def throttled(self, floor: float = 0.05) -> None:
-        """The service refused for rate: halve the rate (not below `floor` of the maximum)."""
-        self._refill(time.monotonic())
+        """The service refused for rate: halve the rate (not below `floor` of the maximum).
+
+        At most one cut per `cut_interval`: the answers of calls already in flight report the
+        same overload, and cutting once for each would collapse the rate (TCP cuts once per RTT).
+        """
+        now = time.monotonic()
+        self._refill(now)
+        if now - self._last_cut < self._cut_interval:
+            return
+        self._last_cut = now
         self.rate = max(self.max_rate * floor, self.rate / 2)
         self._tokens = min(self._tokens, 0.0)
 
