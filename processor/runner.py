@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from processor import __version__, metrics
 from processor.config import Settings
@@ -35,6 +35,10 @@ from processor.statusline import StatusLine, snapshot
 from processor.streams.base import Stream
 from processor.uris import mask_uri, sqlite_path
 from sinks.base import Warehouse
+
+if TYPE_CHECKING:
+    from processor.ingest.server import FrontEnd
+    from shard_consumer.consumer import Consumer
 
 __all__ = ["Role", "Runner", "ensure_dirs", "open_stream_for", "open_warehouse_for"]
 
@@ -125,10 +129,6 @@ class Runner:
         self._out = out or sys.stdout
         self._signals = _Signals()
 
-    def request_stop(self) -> None:
-        """Begin the drain, as the first signal does."""
-        self._signals.stop.set()
-
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -165,66 +165,76 @@ class Runner:
                 open_shards, created = await ensure_stream(stream, settings.common.shards)
             else:
                 open_shards, created = len((await stream.describe()).open_shards), False
-
-            consumer = None
-            status_server = None
-            if role.consumes:
-                from shard_consumer.consumer import Consumer
-
-                warehouse = open_warehouse_for(settings)
-                # The consumer starts the warehouse itself and retries, so that `consume` stays up
-                # (and /readyz says why) while the warehouse is down.
-                stack.push_async_callback(warehouse.close)
-                consumer = Consumer(settings.consumer, stream, warehouse)
-                stack.push_async_callback(consumer.stop)
-                with self._sigint_ignored():
-                    await consumer.start()
-                if role is Role.CONSUME:
-                    from processor.status_server import StatusServer
-
-                    ready_consumer = consumer
-                    status_server = StatusServer(
-                        settings.ingest.host,
-                        settings.ingest.port,
-                        lambda: None if ready_consumer.warehouse_up else "warehouse unreachable",
-                    )
-                    await _listen(status_server.start, settings.ingest.host, settings.ingest.port)
-                    stack.push_async_callback(status_server.stop)
-
+            consumer = await self._start_consumer(stack, stream) if role.consumes else None
+            port = 0
             front = None
             if role.ingests:
                 from processor.ingest.server import FrontEnd
 
                 front = FrontEnd(settings.ingest, stream)
-                await _listen(front.start, settings.ingest.host, settings.ingest.port)
                 stack.push_async_callback(front.stop)
+                await _listen(front.start, settings.ingest.host, settings.ingest.port)
+                port = front.port
+            elif consumer is not None:
+                port = await self._start_health(stack, consumer)
 
-            port = front.port if front is not None else status_server.port if status_server else 0
             self._banner(port, open_shards, created, consumer.consumer_id if consumer else None)
             status = StatusLine(
                 interval=settings.common.status_interval, ingest=role.ingests, consume=role.consumes
             )
             async with status:
                 await self._signals.stop.wait()
+            await self._drain(front, consumer)
 
-            started = time.monotonic()
+    async def _start_consumer(self, stack: AsyncExitStack, stream: Stream) -> Consumer:
+        from shard_consumer.consumer import Consumer
+
+        warehouse = open_warehouse_for(self.settings)
+        # The consumer starts the warehouse itself and retries, so that `consume` stays up (and
+        # /readyz says why) while the warehouse is down.
+        stack.push_async_callback(warehouse.close)
+        consumer = Consumer(self.settings.consumer, stream, warehouse)
+        stack.push_async_callback(consumer.stop)
+        with self._sigint_ignored():
+            await consumer.start()
+        return consumer
+
+    async def _start_health(self, stack: AsyncExitStack, consumer: Consumer) -> int:
+        """/healthz, /readyz and /metrics for a process without a front end; the bound port."""
+        from processor.status_server import StatusServer
+
+        host, port = self.settings.ingest.host, self.settings.ingest.port
+        server = StatusServer(host, port, lambda: None if consumer.warehouse_up else "warehouse unreachable")
+        stack.push_async_callback(server.stop)
+        await _listen(server.start, host, port)
+        return server.port
+
+    async def _drain(self, front: FrontEnd | None, consumer: Consumer | None) -> None:
+        """Stop accepting, flush to the stream, let the consumer load what is left, commit, release."""
+        started = time.monotonic()
+        if front is not None:
+            await front.stop()
+            left = snapshot().buffered
+            if left:
+                log.warning("front end stopped; %d events stay in the spool for the next start", left)
+            else:
+                log.info("front end stopped; everything accepted is on the stream")
+        if consumer is not None:
             if front is not None:
-                await front.stop()
-                log.info("front end stopped; buffer flushed to the stream")
-            if consumer is not None:
-                if front is not None:
-                    await _wait_consumed(settings.ingest.drain_timeout, settings.consumer.idle_poll_interval)
-                # The final commit and lease release must finish even if a second stop is asked for.
-                await asyncio.shield(consumer.stop())
-                log.info("consumer stopped; batches committed and leases released")
-            final = snapshot()
-            log.info(
-                "stopped in %.1fs: accepted %d, in stream %d, loaded %d",
-                time.monotonic() - started,
-                final.accepted,
-                final.in_stream,
-                final.loaded,
-            )
+                await _wait_consumed(
+                    self.settings.ingest.drain_timeout, self.settings.consumer.idle_poll_interval
+                )
+            # Shielded: a cancelled caller must not cut the final commit and lease release short.
+            await asyncio.shield(consumer.stop())
+            log.info("consumer stopped; batches committed and leases released")
+        final = snapshot()
+        log.info(
+            "stopped in %.1fs: accepted %d, in stream %d, loaded %d",
+            time.monotonic() - started,
+            final.accepted,
+            final.in_stream,
+            final.loaded,
+        )
 
     def _banner(self, port: int, open_shards: int, created: bool, consumer_id: str | None) -> None:
         s = self.settings
