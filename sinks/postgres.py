@@ -17,6 +17,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -35,7 +36,9 @@ from sinks.base import (
     PAGE_VIEW_COLUMNS,
     Batch,
     Checkpoint,
+    DeadLetter,
     Lease,
+    PageView,
     QueryResult,
     StoredDeadLetter,
 )
@@ -75,6 +78,18 @@ _WITH_CHECKPOINT = (
 _RETRIABLE_CLASSES = frozenset(("08", "40", "53", "55", "57", "58"))
 """Connection exception, transaction rollback (deadlock, serialization), insufficient resources,
 object in use / lock not available, operator intervention (shutdown), system error."""
+
+
+class _NotStorable(ShardflowError):
+    """A value PostgreSQL refuses (NUL in text or jsonb); write_batch retries it cleaned."""
+
+
+def _clean(text: str) -> str:
+    return text.replace("\x00", "\ufffd").replace("\\u0000", "\\ufffd")
+
+
+def _clean_row(row: PageView) -> PageView:
+    return PageView._make(_clean(v) if isinstance(v, str) else v for v in row)
 
 
 class PostgresWarehouse:
@@ -207,6 +222,19 @@ class PostgresWarehouse:
 
     async def write_batch(self, batch: Batch) -> int:
         started = time.perf_counter()
+        try:
+            new = await self._write(batch, batch.rows, batch.dead_letters)
+        except _NotStorable:
+            # PostgreSQL cannot store NUL in text or jsonb; retry once with it replaced, so one
+            # odd event never blocks its shard (the normal path pays nothing for this)
+            letters = [
+                replace(d, reason=_clean(d.reason), payload=_clean(d.payload)) for d in batch.dead_letters
+            ]
+            new = await self._write(batch, [_clean_row(r) for r in batch.rows], letters)
+        record_commit(started, new, batch.dead_letters)
+        return new
+
+    async def _write(self, batch: Batch, rows: Sequence[PageView], letters: Sequence[DeadLetter]) -> int:
         new = 0
         async with (
             self._conn("write_batch") as conn,
@@ -219,19 +247,19 @@ class PostgresWarehouse:
                     f"lease on {batch.stream}/{batch.shard_id} is no longer "
                     f"{batch.fence.owner}#{batch.fence.lease_counter}"
                 )
-            if batch.rows:
-                await conn.execute(_CREATE_STAGE)
-                await conn.copy_records_to_table(_STAGE, records=batch.rows, columns=PAGE_VIEW_COLUMNS)
-                status = await conn.execute(_MERGE)
-                new = int(status.rsplit(" ", 1)[-1])
-            if batch.dead_letters:
-                await conn.executemany(
-                    _INSERT_DEAD,
-                    [
-                        (d.stage, d.reason, d.payload, d.shard_id, d.sequence_number)
-                        for d in batch.dead_letters
-                    ],
-                )
+            try:
+                if rows:
+                    await conn.execute(_CREATE_STAGE)
+                    await conn.copy_records_to_table(_STAGE, records=rows, columns=PAGE_VIEW_COLUMNS)
+                    status = await conn.execute(_MERGE)
+                    new = int(status.rsplit(" ", 1)[-1])
+                if letters:
+                    await conn.executemany(
+                        _INSERT_DEAD,
+                        [(d.stage, d.reason, d.payload, d.shard_id, d.sequence_number) for d in letters],
+                    )
+            except (asyncpg.CharacterNotInRepertoireError, asyncpg.UntranslatableCharacterError) as exc:
+                raise _NotStorable(str(exc)) from exc
             await conn.execute(
                 _UPSERT_CHECKPOINT,
                 batch.stream,
@@ -239,7 +267,6 @@ class PostgresWarehouse:
                 batch.checkpoint,
                 batch.fence.lease_counter,
             )
-        record_commit(started, new, batch.dead_letters)
         return new
 
     async def get_checkpoint(self, stream: str, shard_id: str) -> str | None:

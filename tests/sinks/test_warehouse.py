@@ -258,3 +258,15 @@ async def test_concurrent_schema_creation_on_a_fresh_database(warehouse_url: str
     finally:
         for wh in many:
             await wh.close()
+
+
+async def test_nul_characters_never_block_a_shard(warehouse: Warehouse) -> None:
+    """JSON allows \\u0000 and clients send it; PostgreSQL cannot store it, so it is replaced there."""
+    fence = await take(warehouse)
+    rows = [make_row(1, title="a\x00b", properties='{"k": "\\u0000"}'), make_row(2)]
+    letters = [DeadLetter("ingest", "bad \x00", "\x00payload")]
+    assert await warehouse.write_batch(Batch(STREAM, SHARD, rows, letters, "2", fence)) == 2
+    result = await warehouse.query("SELECT title FROM page_views ORDER BY event_id")
+    assert str(result.rows[0][0]) in ("a\x00b", "a\ufffdb")
+    assert await warehouse.get_checkpoint(STREAM, SHARD) == "2"
+    assert len(await warehouse.list_dead_letters()) == 1
