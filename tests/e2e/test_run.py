@@ -93,6 +93,8 @@ def test_sigterm_mid_load_then_restart_loses_and_doubles_nothing(shardflow: Shar
 
 
 def test_sigkill_after_commits_then_restart_has_exactly_every_row(shardflow: Shardflow) -> None:
+    # The killed process's leases stay taken until they expire: keep that wait short.
+    shardflow.extra = ("--lease-timeout", "2s")
     shardflow.start()
     accepted, _ = send(shardflow.url, events(N))
     assert accepted == N
@@ -102,8 +104,16 @@ def test_sigkill_after_commits_then_restart_has_exactly_every_row(shardflow: Sha
 
     shardflow.start()
     shardflow.wait_rows(N)
-    status = shardflow.cli("status")
+    status = shardflow.cli("status", "--port", str(shardflow.port))
     assert status.returncode == 0, status.stderr
-    assert "4 open shards" in status.stdout
+    consumer_id = next(
+        line.split()[1] for line in shardflow.log("stdout").splitlines() if "consumer " in line
+    )
+    lines = status.stdout.splitlines()
+    assert lines[0].endswith(": ACTIVE, 4 open shards, 4 leases held")
+    for row in (line.split() for line in lines[3:7]):
+        assert row[1:3] == ["open", consumer_id], lines
+        assert row[5].isdigit(), f"no checkpoint: {row}"
+    assert "buffer  0 events" in status.stdout
     assert shardflow.stop() == 0
     assert (shardflow.count(), shardflow.count(DISTINCT)) == (N, N), f"{killed_at} rows when killed"
