@@ -270,3 +270,29 @@ async def test_nul_characters_never_block_a_shard(warehouse: Warehouse) -> None:
     assert str(result.rows[0][0]) in ("a\x00b", "a\ufffdb")
     assert await warehouse.get_checkpoint(STREAM, SHARD) == "2"
     assert len(await warehouse.list_dead_letters()) == 1
+
+
+async def test_a_later_release_adds_a_column_without_losing_rows(
+    warehouse_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forward migration: step 2 runs once on an existing v1 schema; rows stay."""
+    from sinks import schema
+
+    first = open_warehouse(warehouse_url)
+    await first.start()
+    fence = await take(first)
+    await first.write_batch(Batch(STREAM, SHARD, [make_row(1)], [], "1", fence))
+    await first.close()
+
+    # no IF NOT EXISTS: running the step twice would fail, so passing proves it ran once
+    step = ("ALTER TABLE page_views ADD COLUMN country VARCHAR(2)",)
+    patched = {dialect: (*steps, step) for dialect, steps in schema.MIGRATIONS.items()}
+    monkeypatch.setattr(schema, "MIGRATIONS", patched)
+    for _ in range(2):
+        later = open_warehouse(warehouse_url)
+        await later.start()
+        versions = await later.query("SELECT version FROM shardflow_schema_version ORDER BY version")
+        assert [int(str(v[0])) for v in versions.rows] == [1, 2]
+        result = await later.query("SELECT event_id, country FROM page_views")
+        assert result.rows == [("ev-00000001", None)]
+        await later.close()
