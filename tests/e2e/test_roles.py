@@ -64,3 +64,18 @@ def test_consume_not_ready_while_warehouse_is_down(tmp_path: Path, processes: li
     assert orjson.loads(body) == {"ready": False, "reason": "warehouse unreachable"}
     assert consume.get("/healthz")[0] == 200
     assert consume.stop() == 0
+
+
+def test_run_on_kinesis_with_aggregation(tmp_path: Path, processes: list[Shardflow]) -> None:
+    from tests.support.kinesalite import kinesalite
+
+    with kinesalite() as endpoint:
+        uri = f"kinesis://sf-e2e?region=us-east-1&endpoint={endpoint}"
+        sf = Shardflow(tmp_path / "data", extra=("--stream", uri, "--aggregate", "--shards", "2"))
+        processes.append(sf)
+        sf.start()
+        assert "(2 open shards, created)" in sf.log("stdout")
+        assert send(sf.url, events(2000, tag="kin"))[0] == 2000
+        sf.wait_rows(2000)
+        assert sf.stop() == 0
+        assert sf.count("select count(distinct event_id) from page_views") == 2000
