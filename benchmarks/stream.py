@@ -41,7 +41,7 @@ from processor.streams.kinesis import KinesisStream
 from processor.streams.kpl import AggregateBuilder, SubRecord, deaggregate
 
 SHARDS = 4
-IN_FLIGHT = 4
+IN_FLIGHT = 8
 ROUNDS = 3
 AUTH = (
     "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/kinesis/aws4_request, "

@@ -36,14 +36,12 @@ from aiobotocore.session import get_session
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
+    HTTPClientError,
     NoCredentialsError,
     NoRegionError,
     PartialCredentialsError,
-    ReadTimeoutError,
 )
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from processor.errors import (
     ConfigError,
@@ -307,14 +305,7 @@ class KinesisStream:
                 "or set AWS_DEFAULT_REGION"
             )
         if isinstance(
-            exc,
-            EndpointConnectionError
-            | ConnectTimeoutError
-            | ReadTimeoutError
-            | ConnectionClosedError
-            | aiohttp.ClientError
-            | OSError
-            | TimeoutError,
+            exc, BotoConnectionError | HTTPClientError | aiohttp.ClientError | OSError | TimeoutError
         ):
             reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
             return StreamUnavailable(f"Kinesis endpoint {where} unreachable during {operation}: {reason}")
