@@ -9,13 +9,41 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Final, TextIO
 
 import orjson
 
-__all__ = ["HumanFormatter", "JsonFormatter", "setup_logging"]
+__all__ = ["HumanFormatter", "JsonFormatter", "log_context", "setup_logging"]
+
+_CONTEXT: ContextVar[Mapping[str, object]] = ContextVar("shardflow_log_context", default=MappingProxyType({}))
+
+
+@contextmanager
+def log_context(**fields: object) -> Iterator[None]:
+    """Add `fields` (consumer_id, shard_id, ...) to every log record of this context.
+
+    Tasks created inside the block copy the context, so a component's background tasks keep
+    the fields for their whole life; the block's own code gets them only until it exits.
+    """
+    token = _CONTEXT.set({**_CONTEXT.get(), **fields})
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
+
+
+class _ContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in _CONTEXT.get().items():
+            if key not in record.__dict__:
+                record.__dict__[key] = value
+        return True
+
 
 _STANDARD: Final = frozenset(
     logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys() | {"message", "asctime", "taskName"}
@@ -73,6 +101,7 @@ def setup_logging(
     handler: logging.StreamHandler[TextIO]
     handler = _TerminalHandler(out) if out.isatty() else logging.StreamHandler(out)
     handler.setFormatter(JsonFormatter() if use_json else HumanFormatter())
+    handler.addFilter(_ContextFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

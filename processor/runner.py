@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, TextIO
 from processor import __version__, metrics
 from processor.config import Settings
 from processor.errors import ConfigError, StreamNotFound
+from processor.logs import log_context
 from processor.statusline import StatusLine, snapshot
 from processor.streams.base import Stream
 from processor.uris import mask_uri, sqlite_path
@@ -195,7 +196,7 @@ class Runner:
         stack.push_async_callback(warehouse.close)
         consumer = Consumer(self.settings.consumer, stream, warehouse)
         stack.push_async_callback(consumer.stop)
-        with self._sigint_ignored():
+        with self._sigint_ignored(), log_context(consumer_id=consumer.consumer_id):
             await consumer.start()
         return consumer
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import logging
 import os
 import socket
@@ -13,7 +15,7 @@ import orjson
 import pytest
 
 from processor.cli import format_result, main
-from processor.logs import HumanFormatter, JsonFormatter
+from processor.logs import HumanFormatter, JsonFormatter, log_context, setup_logging
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -194,3 +196,20 @@ def test_port_in_use_is_one_line_exit_2(capsys: pytest.CaptureFixture[str], tmp_
         code, _, err = run_cli(capsys, "ingest", "--port", str(port), "--data-dir", str(tmp_path))
     assert code == 2
     assert err == f"shardflow: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+
+
+async def test_log_context_reaches_tasks_started_inside_it() -> None:
+    stream = io.StringIO()
+    setup_logging({"": logging.INFO}, stream=stream, json=True)
+    log = logging.getLogger("shard_consumer.test")
+
+    async def background() -> None:
+        await asyncio.sleep(0)
+        log.info("from the task")
+
+    with log_context(consumer_id="c7"):
+        task = asyncio.create_task(background())
+    log.info("outside")
+    await task
+    entries = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(e["msg"], e.get("consumer_id")) for e in entries] == [("outside", None), ("from the task", "c7")]
