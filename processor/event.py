@@ -12,6 +12,7 @@ warehouse).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -91,8 +92,12 @@ def new_event_id() -> str:
     return str(uuid_utils.uuid7())
 
 
+@functools.lru_cache(maxsize=4096)
 def format_ts(epoch_seconds: float) -> str:
-    """ISO-8601 UTC with milliseconds and a `Z`, the one form times take on the stream."""
+    """ISO-8601 UTC with milliseconds and a `Z`, the one form times take on the stream.
+
+    Cached: every event of a request shares its `received_at`, and batches often share `ts`.
+    """
     dt = datetime.fromtimestamp(epoch_seconds, UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 

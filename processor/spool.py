@@ -50,6 +50,8 @@ MAX_FRAME: Final = 8 * 1024 * 1024
 _SUFFIX = ".seg"
 _WRITE_CHUNK: Final = 8 * 1024 * 1024
 """Most bytes one group commit writes; the rest waits for the next write."""
+_INLINE_WRITE: Final = 256 * 1024
+"""Writes up to this size (no fsync, no new segment) go straight to the page cache from the loop."""
 
 Position = tuple[int, int]
 """(segment id, byte offset) of a frame; tuples order as the spool does."""
@@ -72,11 +74,8 @@ class Entry:
     offset: int
     partition_key: str
     data: bytes
-
-    @property
-    def size(self) -> int:
-        """Bytes as PutRecords counts them (data plus partition key)."""
-        return len(self.data) + len(self.partition_key)
+    size: int
+    """Bytes as PutRecords counts them (data plus partition key)."""
 
     @property
     def position(self) -> Position:
@@ -324,7 +323,7 @@ class Spool:
         pos = 0
         while (got := _frame_at(buf, pos)) is not None:
             key, data, end = got
-            entries.append(Entry(segment, offset + pos, key, data))
+            entries.append(Entry(segment, offset + pos, key, data, len(data) + len(key)))
             pos = end
         if not entries:
             buf = await asyncio.to_thread(_read_range, path, offset, limit)
@@ -332,7 +331,7 @@ class Spool:
             if got is None:
                 raise CorruptSpool(f"{path}: no readable record at offset {offset}")
             key, data, pos = got
-            entries.append(Entry(segment, offset, key, data))
+            entries.append(Entry(segment, offset, key, data, len(data) + len(key)))
         offset += pos
         if state.sealed and offset >= state.size:
             later = [s for s in self._segments if s > segment]
@@ -386,14 +385,25 @@ class Spool:
                     size = 0
                     chunk = _Chunk(segment)
                     chunks.append(chunk)
-                entries.append(Entry(segment, size, key, data))
+                entries.append(Entry(segment, size, key, data, len(data) + len(key)))
                 chunk.data += framed
                 size += len(framed)
                 counts[segment] = counts.get(segment, 0) + 1
         deletions, self._to_delete = self._to_delete, []
         do_sync = self.fsync == "always"
-        async with self._io_lock:
-            await asyncio.to_thread(self._write_chunks, chunks, do_sync, deletions)
+        if (
+            not do_sync
+            and not deletions
+            and len(chunks) == 1
+            and not chunks[0].roll_after
+            and self._fd is not None
+            and len(chunks[0].data) <= _INLINE_WRITE
+        ):
+            # A small append to the page cache costs less than the hop to a thread and back.
+            self._write_chunks(chunks, False, [])
+        else:
+            async with self._io_lock:
+                await asyncio.to_thread(self._write_chunks, chunks, do_sync, deletions)
         for chunk in chunks:
             state = self._segments.setdefault(
                 chunk.segment, _Segment(self.directory / _segment_name(chunk.segment))
@@ -431,10 +441,10 @@ class Spool:
     async def _fsync_loop(self) -> None:
         while True:
             await asyncio.sleep(self.fsync_interval)
-            if self._dirty:
+            if self._dirty and self._fd is not None:
                 self._dirty = False
-                async with self._io_lock:
-                    await asyncio.to_thread(self._fsync_fd)
+                # A duplicate, so the writer may roll (close) the segment while this fsync runs.
+                await asyncio.to_thread(_fsync_and_close, os.dup(self._fd))
 
     def _publish(self) -> None:
         metrics.SPOOL_BYTES.set(self._size)
@@ -455,10 +465,6 @@ class Spool:
                 os.fsync(self._fd)
             os.close(self._fd)
             self._fd = None
-
-    def _fsync_fd(self) -> None:
-        if self._fd is not None:
-            os.fsync(self._fd)
 
     def _write_chunks(self, chunks: list[_Chunk], sync: bool, deletions: list[int]) -> None:
         for chunk in chunks:
@@ -512,6 +518,13 @@ class Spool:
                 continue
             found[segment] = _Segment(path, size=good_end, written=len(frames), sealed=True)
         return found
+
+
+def _fsync_and_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _read_range(path: Path, start: int, end: int) -> bytes:

@@ -30,6 +30,9 @@ from processor.spool import Spool, SpoolFull
 
 __all__ = ["Batch", "Intake"]
 
+_ACCEPTED = metrics.INGEST_EVENTS.labels("accepted")
+_REJECTED = metrics.INGEST_EVENTS.labels("rejected")
+
 
 @dataclass(slots=True)
 class Batch:
@@ -89,9 +92,9 @@ class Intake:
         except CorruptSpool as exc:
             raise RequestError(Problem.UNAVAILABLE, f"events cannot be stored now: {exc}") from None
         if batch.accepted:
-            metrics.INGEST_EVENTS.labels("accepted").inc(batch.accepted)
+            _ACCEPTED.inc(batch.accepted)
         if batch.rejected:
-            metrics.INGEST_EVENTS.labels("rejected").inc(len(batch.rejected))
+            _REJECTED.inc(len(batch.rejected))
 
 
 def _dump(raw: object) -> bytes:
