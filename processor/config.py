@@ -111,7 +111,13 @@ OPTIONS: Final[tuple[Option, ...]] = (
         metavar="URI",
         secret=True,
     ),
-    Option("shards", Kind.INT, 4, "shards of a stream created by `run` or `stream create`", metavar="N"),
+    Option(
+        "shards",
+        Kind.INT,
+        4,
+        "shards of a stream created by `stream create`, or by `run` when it finds none",
+        metavar="N",
+    ),
     Option(
         "log-level",
         Kind.STR,

@@ -1,7 +1,8 @@
 """Running the long-lived roles (`run`, `ingest`, `consume`) until a signal, then draining.
 
-Start order: warehouse schema, stream (created when `run` finds none), consumer, front end, so
-that once the port answers the whole path works. On SIGINT or SIGTERM the drain runs in the
+Start order: stream (created when absent by `run`, and by any role on the embedded stream),
+consumer (which creates the warehouse schema), front end, so that once the port answers the
+whole path works. On SIGINT or SIGTERM the drain runs in the
 order that loses nothing:
 
     front end stops accepting ─► buffer flushed to the stream (drain_timeout; the rest stays
