@@ -94,6 +94,9 @@ async def _empty(warehouse_uri: str) -> None:
         await conn.close()
 
 
+BATCH_RECORDS = 2000
+
+
 async def consume_round(stream: EmbeddedStream, warehouse_uri: str, workers: int, total: int) -> float:
     """Records/s of one consumer with `workers` loading the whole stream into an empty warehouse."""
     warehouse = open_warehouse(warehouse_uri)
@@ -104,7 +107,7 @@ async def consume_round(stream: EmbeddedStream, warehouse_uri: str, workers: int
         renew_interval=0.5,
         workers=workers,
         idle_poll_interval=0.05,
-        batch_records=5000,
+        batch_records=BATCH_RECORDS,
         max_batches_in_flight=4,
     )
     consumer = Consumer(config, stream, warehouse)
@@ -236,12 +239,16 @@ async def _measure(
 
 
 def main() -> None:
+    global BATCH_RECORDS, WORKERS
     parser = argparse.ArgumentParser(prog="python -m benchmarks.consume", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer events (a smoke run)")
     parser.add_argument("--events", type=int, help="events in the stream (default 40000, quick 5000)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warehouse", choices=("postgresql", "sqlite"), default="postgresql")
+    parser.add_argument("--batch-records", type=int, default=2000, help="records per GetRecords")
+    parser.add_argument("--workers", type=int, nargs="*", default=[1, 2, 4])
     args = parser.parse_args()
+    BATCH_RECORDS, WORKERS = args.batch_records, tuple(args.workers)
     total = args.events or (5000 if args.quick else 40_000)
     try:
         line = asyncio.run(run(total, args.rounds, args.warehouse))
