@@ -28,7 +28,7 @@ from processor.ingest.body import (
 )
 from processor.ingest.config import IngestConfig
 from processor.ingest.errors import Problem, RequestError, error_response
-from processor.ingest.intake import Intake
+from processor.ingest.intake import Batch, Intake
 from processor.ingest.openapi import OPENAPI
 
 __all__ = ["Handlers"]
@@ -174,7 +174,7 @@ class Handlers:
 
     def _segment_add(
         self,
-        batch: Any,
+        batch: Batch,
         index: int,
         message: object,
         kind: str | None,
@@ -211,7 +211,7 @@ class Handlers:
             problem = exc.message
         headers = dict(pixel.NO_CACHE)
         if problem is not None:
-            headers["X-Shardflow-Error"] = problem.encode("ascii", "backslashreplace").decode("ascii")[:512]
+            headers["X-Shardflow-Error"] = "".join(c if " " <= c <= "~" else "?" for c in problem[:512])
         if status == 503:
             headers["Retry-After"] = "5"
         response = web.Response(status=status, body=pixel.GIF, content_type="image/gif", headers=headers)

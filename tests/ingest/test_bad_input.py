@@ -176,3 +176,15 @@ async def test_many_events_in_an_array_within_the_limit(
     events = [{"event_id": f"e{i}"} for i in range(2000)]
     status, answer = await post(client, front, orjson.dumps(events))
     assert (status, answer) == (202, {"accepted": 2000, "rejected": []})
+
+
+async def test_an_event_over_the_1_mib_record_limit_is_rejected(
+    front: FrontEnd, client: aiohttp.ClientSession
+) -> None:
+    big = {"event_id": "big", "properties": {f"p{i}": "x" * 8000 for i in range(140)}}
+    status, answer = await post(client, front, orjson.dumps([big, {"event_id": "small"}]))
+    assert status == 202
+    assert answer["accepted"] == 1
+    [rejected] = answer["rejected"]
+    assert rejected["index"] == 0
+    assert rejected["error"].endswith("bytes encoded; the limit is 1048064")

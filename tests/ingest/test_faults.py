@@ -180,3 +180,20 @@ async def test_spool_full_answers_503_then_recovers(
         acked.append("after")
         events = await eventually(lambda: all_ids(kstream, len(acked)), timeout=60, what="every acked event")
     assert {e["event_id"] for e in events} == set(acked)
+
+
+async def test_stop_drains_within_the_timeout_and_the_next_start_sends_the_rest(
+    base_config: IngestConfig, proxy: KinesisFaultProxy, kstream: KinesisStream
+) -> None:
+    config = replace(base_config, drain_timeout=0.5, put_timeout=1.0)
+    proxy.stall = True
+    async with FrontEnd(config, kstream) as front, aiohttp.ClientSession() as client:
+        body = [event(f"d-{i}", f"k{i % 5}", i) for i in range(200)]
+        async with client.post(url(front, "/v1/events"), json=body) as r:
+            assert r.status == 202
+        started = time.monotonic()
+    assert time.monotonic() - started < 5
+    assert any(config.spool_dir.glob("*.seg"))
+    proxy.stall = False
+    async with FrontEnd(config, kstream):
+        await eventually(lambda: all_ids(kstream, 200), timeout=30, what="200 events after restart")
