@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from processor import metrics
 from processor.buffer import Buffer
-from processor.errors import InvalidRequest, ShardflowError, StreamNotFound, Throttled
+from processor.errors import CorruptSpool, InvalidRequest, ShardflowError, StreamNotFound, Throttled
 from processor.spool import Entry, Spool
 from processor.streams.base import MAX_PUT_BYTES, MAX_PUT_RECORDS, PutRecord, Stream
 
@@ -117,7 +117,13 @@ class Flusher:
     async def _dispatch_loop(self) -> None:
         while True:
             await self._slots.acquire()
-            batch = await self._next_batch()
+            try:
+                batch = await self._next_batch()
+            except Exception:
+                self._slots.release()
+                log.exception("the flusher hit an unexpected error; going on in a second")
+                await asyncio.sleep(1.0)
+                continue
             task = asyncio.create_task(self._send(batch))
             self._batches.add(task)
             task.add_done_callback(self._batches.discard)
@@ -136,8 +142,13 @@ class Flusher:
         if self._ready or self._held_bytes >= self.max_held_bytes:
             return
         entries = self.buffer.take(MAX_PUT_RECORDS * 2, MAX_PUT_BYTES * 2)
-        if not entries and self.buffer.spilled_at is not None:
-            entries, after = await self.spool.read(self.buffer.spilled_at, 2 * MAX_PUT_BYTES)
+        spilled = self.buffer.spilled_at
+        if not entries and spilled is not None:
+            try:
+                entries, after = await self.spool.read(spilled, 2 * MAX_PUT_BYTES)
+            except CorruptSpool as exc:
+                log.error("%s; skipping the rest of that segment", exc)
+                after = (spilled[0] + 1, 0)
             self.buffer.caught_up(after, self.spool.end)
         for entry in entries:
             self._held_bytes += entry.size
@@ -147,15 +158,19 @@ class Flusher:
         batch: list[Entry] = []
         keys: set[str] = set()
         size = 0
+        full = False
         for queue in (self._unblocked, self._ready):
-            while queue and len(batch) < MAX_PUT_RECORDS:
+            while queue and not full:
                 entry = queue[0]
                 key = entry.partition_key
                 if key in self._busy:
                     queue.popleft()
                     self._waiting.setdefault(key, deque()).append(entry)
                     continue
-                if batch and size + entry.size > MAX_PUT_BYTES:
+                if len(batch) >= MAX_PUT_RECORDS or (batch and size + entry.size > MAX_PUT_BYTES):
+                    # Stop here, not just for this queue: a later queue may hold a later record
+                    # of a key whose earlier record did not fit.
+                    full = True
                     break
                 queue.popleft()
                 batch.append(entry)
@@ -199,6 +214,13 @@ class Flusher:
                     self._unreachable(exc)
                     attempt += 1
                     await asyncio.sleep(self._backoff(attempt, throttled=isinstance(exc, Throttled)))
+                    continue
+                except Exception as exc:
+                    # A backend bug must not strand records: say so loudly and keep retrying.
+                    log.exception("put_records failed unexpectedly; retrying")
+                    self._unreachable(exc)
+                    attempt += 1
+                    await asyncio.sleep(self._backoff(attempt, throttled=False))
                     continue
                 self._reachable()
                 failed: list[Entry] = []
