@@ -42,6 +42,7 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.utils import parse_timestamp
 
 from processor.errors import (
     ConfigError,
@@ -93,6 +94,16 @@ _RETRY_RECORD_CODES = frozenset({"ProvisionedThroughputExceededException", "Inte
 _SHARD_MAP_TTL = 30.0
 _ITERATOR_MEMORY = 50_000
 _CREATE_WAIT = 300.0
+
+
+def _epoch_seconds(value: object) -> float:
+    """Timestamps of Kinesis answers as epoch seconds (numbers in JSON; ISO-8601 elsewhere)."""
+    if isinstance(value, int | float):
+        return float(value)
+    try:
+        return float(str(value))
+    except ValueError:
+        return float(parse_timestamp(str(value)).timestamp())
 
 
 class _InUse(InvalidRequest):
@@ -244,9 +255,16 @@ class KinesisStream:
                     # walks each record again and costs more CPU than the call's own encoding
                     parameter_validation=False,
                 )
+                session = get_session()
+                # Kinesis sends timestamps as epoch seconds and shardflow wants exactly that;
+                # botocore's default turns each into a tz-aware datetime via dateutil, which
+                # costs more CPU than the rest of a GetRecords answer together.
+                session.get_component("response_parser_factory").set_parser_defaults(
+                    timestamp_parser=_epoch_seconds
+                )
                 try:
                     self._client = await self._exit.enter_async_context(
-                        get_session().create_client(
+                        session.create_client(
                             "kinesis", region_name=o.region, endpoint_url=o.endpoint, config=config
                         )
                     )
@@ -632,8 +650,7 @@ class KinesisStream:
         for r in answer.get("Records", []):
             data: bytes = r["Data"]
             size += len(data)
-            arrival = r.get("ApproximateArrivalTimestamp")
-            arrived = arrival.timestamp() if arrival is not None else 0.0
+            arrived = float(r.get("ApproximateArrivalTimestamp") or 0.0)
             subs = deaggregate(data)
             if subs is None:
                 records.append(Record(r["SequenceNumber"], r["PartitionKey"], data, arrived))
