@@ -369,7 +369,8 @@ class Spool:
         segment = self._current
         size = self._segments[segment].size
         state = self._segments[segment]
-        if size > 0 and state.acked >= state.written:
+        if size >= self.segment_bytes // 4 and state.acked >= state.written:
+            # Everything here reached the stream: start afresh so this file can go.
             chunks.append(_Chunk(segment, roll_after=True))
             segment += 1
             size = 0
