@@ -36,7 +36,7 @@ from processor.errors import (
 from processor.streams.base import ShardInfo
 from processor.uris import mask_uri
 from sinks._shared import LOAD_COLUMNS, lease_from_row, parents_json, record_commit
-from sinks.base import Batch, Checkpoint, Lease, PageView, QueryResult, StoredDeadLetter
+from sinks.base import PAGE_VIEW_COLUMNS, Batch, Checkpoint, Lease, PageView, QueryResult, StoredDeadLetter
 from sinks.schema import VERSION_TABLE, pending_steps
 
 __all__ = ["MAX_LOAD_FILE_BYTES", "MysqlWarehouse", "load_data_files", "load_data_sql"]
@@ -92,16 +92,41 @@ def load_data_sql(table: str = "page_views") -> str:
     )
 
 
-def _field(value: object) -> str:
-    if value is None:
-        return "\\N"
-    if isinstance(value, str):
-        return value.translate(_ESCAPES)
-    if isinstance(value, bool):
-        return "1" if value else "0"
+_TABS = len(PAGE_VIEW_COLUMNS) - 1
+MAX_LOAD_FILE_CHARS = MAX_LOAD_FILE_BYTES // 4
+"""Characters per file: UTF-8 takes at most 4 bytes for one, so a file stays under 8 MiB."""
+
+
+def _text(value: object) -> str:
+    if value is True:
+        return "1"
+    if value is False:
+        return "0"
     if isinstance(value, datetime):
+        text = value.isoformat(" ")
+        if text.endswith("+00:00"):
+            return text[:-6]
+        if value.tzinfo is None:
+            return text
         return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ")
-    return str(value).translate(_ESCAPES)
+    return str(value)
+
+
+def _line(row: PageView) -> str:
+    """One row in LOAD DATA's text format; escaping only when a value needs it (rarely)."""
+    fields = [v if type(v) is str else "\\N" if v is None else _text(v) for v in row]
+    line = "\t".join(fields)
+    if (
+        line.count("\t") != _TABS
+        or line.count("\\") != row.count(None)
+        or "\n" in line
+        or "\r" in line
+        or "\0" in line
+    ):
+        line = "\t".join(
+            "\\N" if v is None else (v if type(v) is str else _text(v)).translate(_ESCAPES) for v in row
+        )
+    return line
 
 
 def load_data_files(rows: Iterable[PageView], directory: str | None = None) -> list[str]:
@@ -110,7 +135,7 @@ def load_data_files(rows: Iterable[PageView], directory: str | None = None) -> l
     Blocking file work: call it in a thread. The caller deletes the files.
     """
     paths: list[str] = []
-    lines: list[bytes] = []
+    lines: list[str] = []
     size = 0
 
     def flush() -> None:
@@ -118,14 +143,14 @@ def load_data_files(rows: Iterable[PageView], directory: str | None = None) -> l
         fd, path = tempfile.mkstemp(prefix="shardflow-load-", suffix=".tsv", dir=directory)
         paths.append(path)
         with os.fdopen(fd, "wb") as f:
-            f.write(b"".join(lines))
+            f.write("".join(lines).encode("utf-8"))
         lines.clear()
         size = 0
 
     try:
         for row in rows:
-            line = ("\t".join(map(_field, row)) + "\n").encode("utf-8")
-            if size + len(line) > MAX_LOAD_FILE_BYTES and lines:
+            line = _line(row) + "\n"
+            if size + len(line) > MAX_LOAD_FILE_CHARS and lines:
                 flush()
             lines.append(line)
             size += len(line)
