@@ -21,6 +21,7 @@ Every botocore and aiohttp exception is translated in `_translate`, the one plac
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import datetime as dt
 import time
@@ -67,9 +68,8 @@ from processor.streams.base import (
     ShardInfo,
     StreamDescription,
     hash_key,
-    shard_for_hash,
 )
-from processor.streams.kpl import AggregateBuilder, SubRecord, deaggregate
+from processor.streams.kpl import AggregateBuilder, deaggregate
 from processor.streams.ratelimit import ReadPacer, ShardLimits, WriteLimiter
 from processor.uris import query_params
 
@@ -94,6 +94,19 @@ _RETRY_RECORD_CODES = frozenset({"ProvisionedThroughputExceededException", "Inte
 _SHARD_MAP_TTL = 30.0
 _ITERATOR_MEMORY = 50_000
 _CREATE_WAIT = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Outgoing:
+    """A record on its way out: what PutRecords sends, its size as Kinesis counts it, and the
+    shard it is predicted to land on (keys the write buckets and the aggregation)."""
+
+    data: bytes
+    partition_key: str
+    explicit_hash_key: int | None
+    size: int
+    shard_id: str | None
+    key: int
 
 
 def _epoch_seconds(value: object) -> float:
@@ -202,6 +215,8 @@ class KinesisStream:
         self._client: Any = None
         self._client_lock = asyncio.Lock()
         self._shards: tuple[ShardInfo, ...] = ()
+        self._open: list[ShardInfo] = []
+        self._open_starts: list[int] = []
         self._shards_at = -_SHARD_MAP_TTL
         self._shards_lock = asyncio.Lock()
         self._writes = WriteLimiter(options.limits)
@@ -378,6 +393,8 @@ class KinesisStream:
                 break
             kwargs = {"NextToken": token}
         self._shards = tuple(shards)
+        self._open = sorted((s for s in shards if s.is_open), key=lambda s: s.starting_hash_key)
+        self._open_starts = [s.starting_hash_key for s in self._open]
         self._shards_at = time.monotonic()
         return self._shards
 
@@ -470,55 +487,62 @@ class KinesisStream:
     async def put_records(self, records: Sequence[PutRecord]) -> list[PutResult]:
         if not records:
             return []
+        await self._shard_map()
+        predict = self._predict
+        outgoing: list[_Outgoing] = []
         for r in records:
-            size = len(r.data) + len(r.partition_key.encode())
-            if not 1 <= len(r.partition_key) <= 256:
-                raise InvalidRequest(f"partition key must be 1 to 256 characters, got {len(r.partition_key)}")
+            key_len = len(r.partition_key)
+            if not 1 <= key_len <= 256:
+                raise InvalidRequest(f"partition key must be 1 to 256 characters, got {key_len}")
+            size = len(r.data) + (key_len if r.partition_key.isascii() else len(r.partition_key.encode()))
             if size > MAX_RECORD_BYTES:
                 raise InvalidRequest(f"record of {size} bytes is over the 1 MiB Kinesis limit")
-            if r.explicit_hash_key is not None and not 0 <= r.explicit_hash_key <= MAX_HASH_KEY:
-                raise InvalidRequest(f"explicit hash key {r.explicit_hash_key} is outside 0..2^128-1")
-        shards = await self._shard_map()
-        keyed = [
-            (r, r.explicit_hash_key if r.explicit_hash_key is not None else hash_key(r.partition_key))
-            for r in records
-        ]
+            explicit = r.explicit_hash_key
+            if explicit is not None and not 0 <= explicit <= MAX_HASH_KEY:
+                raise InvalidRequest(f"explicit hash key {explicit} is outside 0..2^128-1")
+            key = explicit if explicit is not None else hash_key(r.partition_key)
+            outgoing.append(_Outgoing(r.data, r.partition_key, explicit, size, predict(key), key))
         if self.options.aggregate:
-            return await self._put_aggregated(keyed, shards)
-        total = sum(len(r.data) + len(r.partition_key.encode()) for r in records)
-        if len(records) > MAX_PUT_RECORDS or total > MAX_PUT_BYTES:
+            return await self._put_aggregated(outgoing)
+        total = sum(o.size for o in outgoing)
+        if len(outgoing) > MAX_PUT_RECORDS or total > MAX_PUT_BYTES:
             raise InvalidRequest(
                 f"PutRecords takes at most {MAX_PUT_RECORDS} records and 5 MiB; got {len(records)} "
                 f"records of {total} bytes"
             )
-        return await self._put_call(keyed, shards)
+        return await self._put_call(outgoing)
 
-    async def _put_call(
-        self, keyed: Sequence[tuple[PutRecord, int]], shards: tuple[ShardInfo, ...]
-    ) -> list[PutResult]:
+    def _predict(self, key: int) -> str | None:
+        """The open shard of the cached map whose range holds `key` (None if the map has a gap)."""
+        i = bisect.bisect_right(self._open_starts, key) - 1
+        if i < 0 or key > self._open[i].ending_hash_key:
+            return None
+        return self._open[i].shard_id
+
+    async def _put_call(self, outgoing: Sequence[_Outgoing]) -> list[PutResult]:
         """One PutRecords call, paced per predicted shard; per-record results in order."""
-        predicted: list[str | None] = []
         per_shard: dict[str, list[int]] = {}
-        for record, key in keyed:
-            try:
-                shard_id: str | None = shard_for_hash(shards, key).shard_id
-            except LookupError:
-                shard_id = None
-            predicted.append(shard_id)
-            if shard_id is not None:
-                counts = per_shard.setdefault(shard_id, [0, 0])
+        for o in outgoing:
+            if o.shard_id is not None:
+                counts = per_shard.get(o.shard_id)
+                if counts is None:
+                    counts = per_shard[o.shard_id] = [0, 0]
                 counts[0] += 1
-                counts[1] += len(record.data) + len(record.partition_key.encode())
+                counts[1] += o.size
         if len(per_shard) == 1:
             ((sid, (n, size)),) = per_shard.items()
             await self._writes.acquire(sid, n, size)
         elif per_shard:
             await asyncio.gather(*(self._writes.acquire(s, n, b) for s, (n, b) in per_shard.items()))
         entries = [
-            {"Data": r.data, "PartitionKey": r.partition_key, "ExplicitHashKey": str(k)}
-            if r.explicit_hash_key is not None
-            else {"Data": r.data, "PartitionKey": r.partition_key}
-            for r, k in keyed
+            {"Data": o.data, "PartitionKey": o.partition_key}
+            if o.explicit_hash_key is None
+            else {
+                "Data": o.data,
+                "PartitionKey": o.partition_key,
+                "ExplicitHashKey": str(o.explicit_hash_key),
+            }
+            for o in outgoing
         ]
         try:
             answer = await self._call("put_records", StreamName=self.name, Records=entries)
@@ -529,72 +553,73 @@ class KinesisStream:
         results: list[PutResult] = []
         stale = False
         throttled: set[str] = set()
-        for entry, guess in zip(answer["Records"], predicted, strict=True):
+        for entry, o in zip(answer["Records"], outgoing, strict=True):
             code = entry.get("ErrorCode")
             if code is not None:
-                if code == "ProvisionedThroughputExceededException" and guess is not None:
-                    throttled.add(guess)
+                if code == "ProvisionedThroughputExceededException" and o.shard_id is not None:
+                    throttled.add(o.shard_id)
                 results.append(PutResult(error_code=code, error_message=entry.get("ErrorMessage")))
                 continue
-            if entry["ShardId"] != guess:
+            shard_id = entry["ShardId"]
+            if shard_id != o.shard_id:
                 stale = True
-            results.append(PutResult(shard_id=entry["ShardId"], sequence_number=entry["SequenceNumber"]))
+            results.append(PutResult(shard_id=shard_id, sequence_number=entry["SequenceNumber"]))
         for sid in throttled:
             self._writes.throttled(sid)
         if stale:
             self._shards_at = -_SHARD_MAP_TTL
         return results
 
-    async def _put_aggregated(
-        self, keyed: Sequence[tuple[PutRecord, int]], shards: tuple[ShardInfo, ...]
-    ) -> list[PutResult]:
-        """Pack records per predicted shard into KPL records of <= 1 MiB, send, map results back."""
-        builders: dict[str, AggregateBuilder] = {}
-        members: dict[str, list[int]] = {}
-        packed: list[tuple[PutRecord, int, list[int]]] = []
+    async def _put_aggregated(self, outgoing: Sequence[_Outgoing]) -> list[PutResult]:
+        """Pack records per predicted shard into KPL records of <= 1 MiB, send, map results back.
 
-        def seal(sid: str) -> None:
+        Each aggregated record carries the hash key of its first sub-record as ExplicitHashKey,
+        so it lands on the shard its sub-records were predicted for.
+        """
+        builders: dict[str | None, AggregateBuilder] = {}
+        members: dict[str | None, list[int]] = {}
+        packed: list[tuple[_Outgoing, list[int]]] = []
+
+        def seal(sid: str | None) -> None:
             builder = builders.pop(sid)
             index = members.pop(sid)
-            assert builder.partition_key is not None
-            first = keyed[index[0]]
-            packed.append((PutRecord(builder.build(), builder.partition_key, first[1]), first[1], index))
+            first = outgoing[index[0]]
+            data = builder.build()
+            packed.append(
+                (_Outgoing(data, first.partition_key, first.key, builder.size, sid, first.key), index)
+            )
 
-        for i, (record, key) in enumerate(keyed):
-            try:
-                sid = shard_for_hash(shards, key).shard_id
-            except LookupError:
-                sid = f"?{key}"
-            ehk = str(record.explicit_hash_key) if record.explicit_hash_key is not None else None
-            sub = SubRecord(record.partition_key, record.data, ehk)
-            builder = builders.get(sid)
-            if builder is not None and not builder.try_add(sub, MAX_RECORD_BYTES):
-                seal(sid)
+        for i, o in enumerate(outgoing):
+            ehk = str(o.explicit_hash_key) if o.explicit_hash_key is not None else None
+            builder = builders.get(o.shard_id)
+            if builder is not None and not builder.try_add_parts(
+                o.partition_key, o.data, ehk, MAX_RECORD_BYTES
+            ):
+                seal(o.shard_id)
                 builder = None
             if builder is None:
                 builder = AggregateBuilder()
-                if not builder.try_add(sub, MAX_RECORD_BYTES):
-                    packed.append((record, key, [i]))
+                if not builder.try_add_parts(o.partition_key, o.data, ehk, MAX_RECORD_BYTES):
+                    packed.append((o, [i]))
                     continue
-                builders[sid] = builder
-                members[sid] = []
-            members[sid].append(i)
+                builders[o.shard_id] = builder
+                members[o.shard_id] = []
+            members[o.shard_id].append(i)
         for sid in list(builders):
             seal(sid)
-        results: list[PutResult] = [PutResult(error_code="InternalFailure")] * len(keyed)
+        results: list[PutResult] = [PutResult(error_code="InternalFailure")] * len(outgoing)
         start = 0
         while start < len(packed):
             end, size = start, 0
             while end < len(packed) and end - start < MAX_PUT_RECORDS:
-                rec = packed[end][0]
-                rec_size = len(rec.data) + len(rec.partition_key.encode())
+                rec_size = packed[end][0].size
                 if end > start and size + rec_size > MAX_PUT_BYTES:
                     break
                 size += rec_size
                 end += 1
             chunk = packed[start:end]
-            answers = await self._put_call([(p[0], p[1]) for p in chunk], shards)
-            for (_, _, index), answer in zip(chunk, answers, strict=True):
+            answers = await self._put_call([p[0] for p in chunk])
+            for (_, index), answer in zip(chunk, answers, strict=True):
                 for i in index:
                     results[i] = answer
             start = end

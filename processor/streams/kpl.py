@@ -94,42 +94,47 @@ class AggregateBuilder:
 
     def try_add(self, record: SubRecord, limit: int | None = None) -> bool:
         """Add `record` unless that takes `size` over `limit` (then nothing changes)."""
+        return self.try_add_parts(record.partition_key, record.data, record.explicit_hash_key, limit)
+
+    def try_add_parts(
+        self, partition_key: str, data: bytes, explicit_hash_key: str | None, limit: int | None = None
+    ) -> bool:
+        """`try_add` without building a SubRecord first (the producer's hot path)."""
         extra = 0
         new_key: bytes | None = None
-        key_index = self._keys.get(record.partition_key)
+        key_index = self._keys.get(partition_key)
         if key_index is None:
             key_index = len(self._keys)
-            key_bytes = record.partition_key.encode()
+            key_bytes = partition_key.encode()
             new_key = _KEY_TAG + _varint(len(key_bytes)) + key_bytes
             extra += len(new_key)
         inner = _KEY_INDEX_TAG + _varint(key_index)
         new_hash: bytes | None = None
-        if record.explicit_hash_key is not None:
-            hash_index = self._hash_keys.get(record.explicit_hash_key)
+        if explicit_hash_key is not None:
+            hash_index = self._hash_keys.get(explicit_hash_key)
             if hash_index is None:
                 hash_index = len(self._hash_keys)
-                hash_bytes = record.explicit_hash_key.encode()
+                hash_bytes = explicit_hash_key.encode()
                 new_hash = _HASH_KEY_TAG + _varint(len(hash_bytes)) + hash_bytes
                 extra += len(new_hash)
             inner += _HASH_INDEX_TAG + _varint(hash_index)
-        data = record.data
         inner_len = len(inner) + len(_DATA_TAG) + len(_varint(len(data))) + len(data)
         head = _RECORD_TAG + _varint(inner_len) + inner + _DATA_TAG + _varint(len(data))
         extra += len(head) + len(data)
         if limit is not None:
-            first_key = 0 if self.partition_key is not None else len(record.partition_key.encode())
+            first_key = 0 if self.partition_key is not None else len(partition_key.encode())
             if self.size + extra + first_key > limit:
                 return False
         if self.partition_key is None:
-            self.partition_key = record.partition_key
-            self.explicit_hash_key = record.explicit_hash_key
-            self._key_size = len(record.partition_key.encode())
+            self.partition_key = partition_key
+            self.explicit_hash_key = explicit_hash_key
+            self._key_size = len(partition_key.encode())
         if new_key is not None:
-            self._keys[record.partition_key] = key_index
+            self._keys[partition_key] = key_index
             self._parts.append(new_key)
         if new_hash is not None:
-            assert record.explicit_hash_key is not None
-            self._hash_keys[record.explicit_hash_key] = len(self._hash_keys)
+            assert explicit_hash_key is not None
+            self._hash_keys[explicit_hash_key] = len(self._hash_keys)
             self._parts.append(new_hash)
         self._parts.append(head)
         self._parts.append(data)
