@@ -207,3 +207,49 @@ async def test_leases_renew_while_a_load_is_stuck(
         assert await count(direct) == 3001
     finally:
         await blocker.close()
+
+
+async def test_reconnect_follows_a_moved_host_name(
+    server_url: str, proxy: TcpProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failover moves the warehouse's DNS name to a new primary: reconnects follow it.
+
+    The resolver is the one fake here (DNS cannot be moved for real in a test): the name
+    `primary.shardflow.test` resolves to 127.0.0.1, then to 127.0.0.2, where a second real
+    proxy to the same server listens on the same port.
+    """
+    import socket
+
+    real = socket.getaddrinfo
+    target = {"address": "127.0.0.1"}
+
+    def resolve(host: object, *args: object, **kwargs: object) -> object:
+        if host == "primary.shardflow.test":
+            host = target["address"]
+        return real(host, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    parts = urlsplit(server_url)
+    url = urlunsplit(
+        (parts.scheme, f"{parts.username}@primary.shardflow.test:{proxy.port}", parts.path, "", "")
+    )
+    async with TcpProxy(
+        parts.hostname or "127.0.0.1", parts.port or 0, listen_host="127.0.0.2", listen_port=proxy.port
+    ) as standby:
+        wh = open_warehouse(url)
+        try:
+            await wh.start()
+            fence = await take(wh)
+            first = batch_of((fence.owner, fence.lease_counter), 50)
+            assert await wh.write_batch(first) == 50
+            assert standby.connections_made == 0
+            proxy.block()  # the old primary is gone
+            target["address"] = "127.0.0.2"
+            rows = [make_row(i) for i in range(50, 100)]
+            second = Batch(STREAM, SHARD, rows, [], rows[-1].sequence_number, first.fence)
+            new, _ = await retry(lambda: wh.write_batch(second))
+            assert new == 50
+            assert standby.connections_made > 0
+            assert await count(wh) == 100
+        finally:
+            await wh.close()

@@ -44,10 +44,13 @@ def _reset(writer: asyncio.StreamWriter | None) -> None:
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:`port` to `target_host`:`target_port`; see the module docstring."""
+    """Forwards `listen_host`:`port` to `target_host`:`target_port`; see the module docstring."""
 
-    def __init__(self, target_host: str, target_port: int, *, listen_port: int = 0) -> None:
+    def __init__(
+        self, target_host: str, target_port: int, *, listen_host: str = "127.0.0.1", listen_port: int = 0
+    ) -> None:
         self.target = (target_host, target_port)
+        self.listen_host = listen_host
         self.listen_port = listen_port
         self.port = 0
         self.connections_made = 0
@@ -67,7 +70,7 @@ class TcpProxy:
         if self._server is not None:
             return
         self._loop = asyncio.get_running_loop()
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.listen_port)
+        self._server = await asyncio.start_server(self._accept, self.listen_host, self.listen_port)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
