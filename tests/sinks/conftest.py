@@ -18,6 +18,12 @@ def warehouse_url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue(f"{request.param}_url"))
 
 
+@pytest.fixture(params=("postgres", "mysql"))
+def server_url(request: pytest.FixtureRequest) -> str:
+    """A throwaway database on each real server (for fault tests through the TCP proxy)."""
+    return str(request.getfixturevalue(f"{request.param}_url"))
+
+
 @pytest.fixture
 async def warehouse(warehouse_url: str) -> AsyncIterator[Warehouse]:
     wh = open_warehouse(warehouse_url)

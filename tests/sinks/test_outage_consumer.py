@@ -1,7 +1,7 @@
 """The issue's promise: 20,000 events through a warehouse outage, exactly 20,000 rows.
 
-A real Consumer reads a pre-filled embedded stream into the real PostgreSQL through the TCP
-proxy; the test resets every connection mid-load (twice) and then refuses connections for a
+A real Consumer reads a pre-filled embedded stream into the real PostgreSQL (and MariaDB)
+through the TCP proxy; the test resets every connection mid-load (twice) and then refuses connections for a
 while, and the consumer must ride it out: pause, retry, resume from its checkpoints.
 """
 
@@ -22,17 +22,17 @@ from tests.support.wait import eventually
 EVENTS = 20_000
 
 
-async def test_twenty_thousand_events_through_an_outage(postgres_url: str, tmp_path: Path) -> None:
+async def test_twenty_thousand_events_through_an_outage(server_url: str, tmp_path: Path) -> None:
     stream = EmbeddedStream.from_uri(f"sqlite:///{tmp_path}/stream.db")
     await stream.create(2)
     records = event_records(EVENTS)
     await put_all(stream, records)
     await put_all(stream, records[:300])  # producer retries: the same events again
-    parts = urlsplit(postgres_url)
-    direct = open_warehouse(postgres_url)
+    parts = urlsplit(server_url)
+    direct = open_warehouse(server_url)
     await direct.start()
-    async with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
-        warehouse = open_warehouse(through(postgres_url, proxy.port))
+    async with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 0) as proxy:
+        warehouse = open_warehouse(through(server_url, proxy.port))
         config = fast_config(lease_timeout=3.0, renew_interval=0.5, batch_records=500)
         try:
             async with Consumer(config, stream, warehouse) as consumer:
@@ -43,7 +43,7 @@ async def test_twenty_thousand_events_through_an_outage(postgres_url: str, tmp_p
                 await eventually(lambda: loaded_at_least(2000), what="first rows", timeout=60)
                 proxy.cut()
                 await eventually(lambda: loaded_at_least(6000), what="rows after a cut", timeout=60)
-                proxy.cut_after(20_000)  # the next load in flight dies mid-COPY
+                proxy.cut_after(20_000)  # the next load in flight dies mid-COPY / mid-LOAD DATA
                 await eventually(lambda: loaded_at_least(9000), what="rows after a mid-COPY cut", timeout=60)
                 proxy.block()
 

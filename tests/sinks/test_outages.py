@@ -32,11 +32,6 @@ def through(url: str, port: int, password: str | None = None) -> str:
     return urlunsplit((parts.scheme, f"{auth}127.0.0.1:{port}", parts.path, parts.query, parts.fragment))
 
 
-@pytest.fixture(params=("postgres", "mysql"))
-def server_url(request: pytest.FixtureRequest) -> str:
-    return str(request.getfixturevalue(f"{request.param}_url"))
-
-
 @pytest.fixture
 async def proxy(server_url: str) -> AsyncIterator[TcpProxy]:
     parts = urlsplit(server_url)
