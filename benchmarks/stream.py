@@ -96,7 +96,7 @@ class Bench:
         async with KinesisStream.from_uri(self.uri(name), aggregate=aggregate) as stream:
             await stream.describe()
             started = time.perf_counter()
-            batch = 2000 if aggregate else 500
+            batch = 500
             queue = [events[i : i + batch] for i in range(0, len(events), batch)]
 
             async def worker() -> None:

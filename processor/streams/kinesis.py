@@ -24,6 +24,7 @@ import asyncio
 import bisect
 import contextlib
 import datetime as dt
+import functools
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -94,6 +95,10 @@ _RETRY_RECORD_CODES = frozenset({"ProvisionedThroughputExceededException", "Inte
 _SHARD_MAP_TTL = 30.0
 _ITERATOR_MEMORY = 50_000
 _CREATE_WAIT = 300.0
+
+
+_hash_key = functools.lru_cache(maxsize=65_536)(hash_key)
+"""MD5 of a partition key, remembered: the same visitors send event after event."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -500,7 +505,7 @@ class KinesisStream:
             explicit = r.explicit_hash_key
             if explicit is not None and not 0 <= explicit <= MAX_HASH_KEY:
                 raise InvalidRequest(f"explicit hash key {explicit} is outside 0..2^128-1")
-            key = explicit if explicit is not None else hash_key(r.partition_key)
+            key = explicit if explicit is not None else _hash_key(r.partition_key)
             outgoing.append(_Outgoing(r.data, r.partition_key, explicit, size, predict(key), key))
         if self.options.aggregate:
             return await self._put_aggregated(outgoing)

@@ -118,12 +118,13 @@ class AggregateBuilder:
                 new_hash = _HASH_KEY_TAG + _varint(len(hash_bytes)) + hash_bytes
                 extra += len(new_hash)
             inner += _HASH_INDEX_TAG + _varint(hash_index)
-        inner_len = len(inner) + len(_DATA_TAG) + len(_varint(len(data))) + len(data)
-        head = _RECORD_TAG + _varint(inner_len) + inner + _DATA_TAG + _varint(len(data))
-        extra += len(head) + len(data)
+        size = len(data)
+        inner += _DATA_TAG + _varint(size)
+        head = _RECORD_TAG + _varint(len(inner) + size) + inner
+        extra += len(head) + size
         if limit is not None:
             first_key = 0 if self.partition_key is not None else len(partition_key.encode())
-            if self.size + extra + first_key > limit:
+            if len(MAGIC) + _DIGEST + self._body + self._key_size + extra + first_key > limit:
                 return False
         if self.partition_key is None:
             self.partition_key = partition_key
