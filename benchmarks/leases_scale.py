@@ -69,6 +69,8 @@ class CountingStore:
         self._inner = inner
         self.rows = 0
         self.calls = 0
+        self.take_started: dict[tuple[str, str], float] = {}
+        """(owner, shard) -> when the last take call began: the earliest the lease can be valid."""
 
     async def create_leases(self, stream: str, shards: Sequence[ShardInfo]) -> None:
         self.calls += 1
@@ -81,6 +83,7 @@ class CountingStore:
         self, stream: str, shard_id: str, owner: str, expected_counter: int, ttl: float
     ) -> Lease | None:
         self.calls += 1
+        self.take_started[(owner, shard_id)] = time.time()
         taken = await self._inner.take_lease(stream, shard_id, owner, expected_counter, ttl)
         self.rows += taken is not None
         return taken
@@ -114,8 +117,9 @@ class CountingStore:
 class SimConsumer:
     """One consumer's lease protocol, with its own record of when it believed each lease valid."""
 
-    def __init__(self, manager: LeaseManager, renew: float) -> None:
+    def __init__(self, manager: LeaseManager, store: CountingStore, renew: float) -> None:
         self.manager = manager
+        self.store = store
         self.renew = renew
         self.intervals: list[tuple[str, str, float, float]] = []
         self._start: dict[str, float] = {}
@@ -145,10 +149,10 @@ class SimConsumer:
                     if not synced:
                         await manager.sync_shards()
                         synced = True
-                    before = time.time()
                     for lease in await manager.balance():
-                        self._start[lease.shard_id] = before
-                        self._valid_until[lease.shard_id] = before + timeout
+                        began = self.store.take_started[(manager.consumer_id, lease.shard_id)]
+                        self._start[lease.shard_id] = began
+                        self._valid_until[lease.shard_id] = began + timeout
                 except Exception as exc:  # a failed cycle is retried on the next one, as Consumer does
                     print(f"{manager.consumer_id}: {exc!r}", file=sys.stderr)
                 await asyncio.sleep(self.renew)
@@ -174,6 +178,7 @@ async def worker(args: argparse.Namespace) -> None:
     sims = [
         SimConsumer(
             LeaseManager(store, stream, f"{args.prefix}-{i}", lease_timeout=args.lease_timeout),  # type: ignore[arg-type]
+            store,
             args.renew,
         )
         for i in range(args.consumers)
@@ -283,7 +288,10 @@ async def converged(warehouse: Warehouse, owners_expected: int) -> bool:
 async def time_to_converge(warehouse: Warehouse, owners: int, since: float, timeout: float) -> float:
     while not await converged(warehouse, owners):
         if time.monotonic() - since > timeout:
-            raise TimeoutError(f"no fair share among {owners} consumers after {timeout:.0f}s")
+            leases = await warehouse.list_leases(STREAM)
+            now = await warehouse.now()
+            spread = Counter(x.owner if x.expires_at > now else None for x in leases)
+            raise TimeoutError(f"no fair share among {owners} consumers after {timeout:.0f}s: {spread}")
         await asyncio.sleep(0.05)
     return time.monotonic() - since
 

@@ -4,8 +4,9 @@ Every change is a compare-and-set on the lease counter in the `LeaseStore`, so t
 never both believe they took the same lease. The rules, decided by `plan_balance`:
 
 - Fair share: a consumer aims for ceil(workable shards / live consumers), consumers being the
-  distinct owners of unexpired leases plus itself. A shard is workable when it is not finished
-  (`SHARD_END`) and every parent is.
+  distinct owners of unexpired leases, the consumers with a hand-off request pending on one
+  (a newcomer holding nothing is seen by its first request) and itself. A shard is workable
+  when it is not finished (`SHARD_END`) and every parent is.
 - Free and expired leases are taken first (in random order, so consumers starting together
   rarely collide).
 - Beyond that a consumer steals from the most-loaded owner, one lease per step, and only from
@@ -80,7 +81,15 @@ def plan_balance(
         for lease in candidates
         if _live(lease, now) and lease.owner != me and lease.shard_id not in held_set
     )
-    consumers = len(owners) + 1
+    waiting = {
+        lease.handoff_to
+        for lease in candidates
+        if lease.handoff_to is not None
+        and lease.handoff_to != me
+        and lease.handoff_to not in owners
+        and _live(lease, now)
+    }
+    consumers = len(owners) + len(waiting) + 1
     target = math.ceil(len(candidates) / consumers) if candidates else 0
     mine = len(held_set)
     if mine >= target:
