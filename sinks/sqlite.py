@@ -76,11 +76,14 @@ def _parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
+_TS, _RECEIVED, _IS_BOT = (PAGE_VIEW_COLUMNS.index(c) for c in ("ts", "received_at", "is_bot"))
+
+
 def _row(view: PageView) -> tuple[object, ...]:
     values: list[object] = list(view)
-    values[2] = _iso(view.ts)
-    values[3] = _iso(view.received_at)
-    values[25] = 1 if view.is_bot else 0
+    values[_TS] = _iso(view.ts)
+    values[_RECEIVED] = _iso(view.received_at)
+    values[_IS_BOT] = 1 if view.is_bot else 0
     return tuple(values)
 
 

@@ -37,3 +37,23 @@ async def test_split_batch_loads_in_one_transaction(mysql_url: str, monkeypatch:
         assert await wh.write_batch(Batch(STREAM, SHARD, rows, [], "401", fence)) == 0
     finally:
         await wh.close()
+
+
+async def test_falls_back_to_insert_ignore_when_load_data_is_refused(mysql_url: str) -> None:
+    """A client without the LOCAL_FILES capability gets LOAD DATA LOCAL refused by the real server,
+    as a MySQL 8 with local_infile=OFF does: the batch still loads, once, by INSERT IGNORE."""
+    wh = MysqlWarehouse.from_uri(mysql_url)
+    wh._connect["local_infile"] = False
+    await wh.start()
+    try:
+        fence = await take(wh)
+        rows = [make_row(i, title="🎉 tab\there") for i in range(300)]
+        assert await wh.write_batch(Batch(STREAM, SHARD, rows, [], "300", fence)) == 300
+        assert wh.load_data is False
+        assert await wh.write_batch(Batch(STREAM, SHARD, rows[250:], [], "301", fence)) == 0
+        assert await count(wh) == 300
+        result = await wh.query("SELECT title FROM page_views LIMIT 1")
+        assert result.rows[0][0] == "🎉 tab\there"
+        assert await wh.get_checkpoint(STREAM, SHARD) == "301"
+    finally:
+        await wh.close()
