@@ -248,3 +248,23 @@ async def test_reconnect_follows_a_moved_host_name(
             assert await count(wh) == 100
         finally:
             await wh.close()
+
+
+async def test_wrong_database_or_password_is_a_config_error(server_url: str) -> None:
+    """Retrying cannot fix these: ConfigError (fatal), with the password masked."""
+    from processor.errors import ConfigError
+
+    parts = urlsplit(server_url)
+    missing_db = urlunsplit((parts.scheme, parts.netloc, "/sf_no_such_database", "", ""))
+    wh = open_warehouse(missing_db)
+    with pytest.raises(ConfigError):
+        await wh.start()
+    await wh.close()
+    if parts.scheme == "mysql":  # PostgreSQL here trusts local connections: any password passes
+        host = f"{parts.hostname}:{parts.port}"
+        wrong = urlunsplit((parts.scheme, f"{parts.username}:wrong-pw@{host}", parts.path, "", ""))
+        wh = open_warehouse(wrong)
+        with pytest.raises(ConfigError) as caught:
+            await wh.start()
+        assert "wrong-pw" not in str(caught.value)
+        await wh.close()
