@@ -80,3 +80,17 @@ async def test_wrong_region_names_the_endpoint_tried() -> None:
     async with KinesisStream.from_uri("kinesis://s?region=xx-nowhere-9&timeout=3") as stream:
         with pytest.raises(StreamUnavailable, match=r"kinesis\.xx-nowhere-9\.amazonaws\.com"):
             await stream.describe()
+
+
+async def test_dropped_connection_and_server_errors_are_retriable(kinesalite_endpoint: str) -> None:
+    async with KinesisFaultProxy(kinesalite_endpoint) as proxy:
+        uri = f"kinesis://s?region=us-east-1&endpoint={proxy.endpoint}&timeout=3"
+        async with KinesisStream.from_uri(uri) as stream:
+            proxy.disconnect = True
+            with pytest.raises(StreamUnavailable) as dropped:
+                await stream.describe()
+            assert dropped.value.retriable
+            proxy.disconnect = False
+            proxy.down = True
+            with pytest.raises(StreamUnavailable, match="InternalFailure"):
+                await stream.describe()
