@@ -47,7 +47,7 @@ class Module:
 
 
 MODULES: tuple[Module, ...] = (
-    Module("ingest", ("ingest_single", "ingest_batch"), 70, 12),
+    Module("ingest", ("ingest_single", "ingest_batch"), 70, 10),
     Module(
         "stream",
         ("stream_put", "stream_read", "stream_put_aggregated", "stream_read_aggregated"),
@@ -55,10 +55,10 @@ MODULES: tuple[Module, ...] = (
         15,
     ),
     Module("consume", ("consume",), 60, 12),
-    Module("sink", ("sink_postgres", "sink_mysql"), 70, 12),
+    Module("sink", ("sink_postgres", "sink_mysql"), 70, 10),
     Module("leases_scale", (), 40, 5),
-    Module("ingest_latency", ("ingest_stalled",), 40, 12),
-    Module("end_to_end", ("end_to_end", "end_to_end_kinesis"), 220, 52),
+    Module("ingest_latency", ("ingest_stalled",), 40, 10),
+    Module("end_to_end", ("end_to_end", "end_to_end_kinesis"), 220, 58),
 )
 
 

@@ -10,9 +10,11 @@ second line, kinesalite; PostgreSQL gets a throwaway database, dropped at the en
 The figure is events LOADED per second (rows committed in `page_views`), not accepted: after a
 warm-up at full speed, a controller sets the generators' rate each second to what the consumers
 drained plus a correction toward a backlog of `--backlog-seconds`, so the pipeline runs
-saturated while the backlog (accepted - loaded) stays bounded; the line reports the largest
-backlog seen. After the window the generators stop and the benchmark waits for the backlog to
-drain and checks that the warehouse holds each accepted event exactly once.
+saturated while the backlog (accepted - loaded) stays bounded. The window opens once the
+controller has brought the warm-up's backlog down (at most `--settle` seconds); the line reports
+the largest backlog seen in the window. After the window the generators stop and the benchmark
+waits for the backlog to drain and checks that the warehouse holds each accepted event exactly
+once.
 
 `limit` is plain binary COPY (asyncpg `copy_records_to_table`) of the same rows, built by
 `to_page_view` from the same events, into a table made by the same DDL in the same PostgreSQL:
@@ -70,6 +72,7 @@ class Settings:
     connections: int
     workers: int
     backlog_seconds: float
+    settle: float
     drain_timeout: float
 
 
@@ -209,6 +212,40 @@ class Pipeline:
         for name, proc in (("ingest", self.ingest), ("consume", self.consume)):
             if proc is not None:
                 self.exit_codes[name] = stop_process(proc, grace=20)
+
+
+class Controller:
+    """Sets the generators' rate each step to the drain rate plus a correction toward the target backlog.
+
+    Feeding what the consumers drained keeps the pipeline saturated; the correction (half the gap
+    per second) keeps the backlog near `backlog_seconds` of drain instead of growing without end.
+    """
+
+    def __init__(self, pipeline: Pipeline, conn: asyncpg.Connection, drain: float, backlog_seconds: float):
+        self.pipeline = pipeline
+        self.conn = conn
+        self.drain = drain
+        self.backlog_seconds = backlog_seconds
+        self.started = time.monotonic()
+        self.prev_t = 0.0
+        self.prev_loaded = -1
+
+    @property
+    def target_backlog(self) -> float:
+        return max(self.drain * self.backlog_seconds, 2_000.0)
+
+    async def step(self) -> dict[str, float]:
+        loaded, accepted = await _loaded(self.conn), self.pipeline.accepted
+        now = time.monotonic()
+        if self.prev_loaded >= 0 and now > self.prev_t:
+            measured = max((loaded - self.prev_loaded) / (now - self.prev_t), 0.0)
+            self.drain = 0.6 * self.drain + 0.4 * measured
+        self.prev_t, self.prev_loaded = now, loaded
+        backlog = max(accepted - loaded, 0)
+        rate = max(self.drain + (self.target_backlog - backlog) / 2.0, self.drain * 0.2, 100.0)
+        self.pipeline.set_rate(rate)
+        self.pipeline.check_alive()
+        return {"t": round(now - self.started, 2), "accepted": accepted, "loaded": loaded, "backlog": backlog}
 
 
 async def _wait_ready(port: int, pipeline: Pipeline, timeout: float = 60.0) -> None:
@@ -381,25 +418,23 @@ async def _drive(
     start_loaded, started = await _loaded(conn), time.monotonic()
     await asyncio.sleep(settings.warmup)
     pipeline.check_alive()
-    drain_rate = max((await _loaded(conn) - start_loaded) / (time.monotonic() - started), 100.0)
+    drain = max((await _loaded(conn) - start_loaded) / (time.monotonic() - started), 100.0)
+    control = Controller(pipeline, conn, drain, settings.backlog_seconds)
+
+    # Settle: let the controller bring the warm-up's backlog down before the window opens.
+    settle_started = time.monotonic()
+    while time.monotonic() - settle_started < settings.settle:
+        sample = await control.step()
+        if sample["backlog"] <= 2 * control.target_backlog:
+            break
+        await asyncio.sleep(1.0)
+    settle_s = time.monotonic() - settle_started
 
     samples: list[dict[str, float]] = []
     window_start = time.monotonic()
     loaded0, accepted0 = await _loaded(conn), pipeline.accepted
-    prev_t, prev_loaded = window_start, loaded0
-    while (now := time.monotonic()) - window_start < settings.seconds:
-        target_backlog = max(drain_rate * settings.backlog_seconds, 2_000.0)
-        loaded, accepted = await _loaded(conn), pipeline.accepted
-        now = time.monotonic()
-        if now > prev_t:
-            drain_rate = 0.6 * drain_rate + 0.4 * max((loaded - prev_loaded) / (now - prev_t), 0.0)
-        prev_t, prev_loaded = now, loaded
-        backlog = max(accepted - loaded, 0)
-        samples.append(
-            {"t": round(now - window_start, 2), "accepted": accepted, "loaded": loaded, "backlog": backlog}
-        )
-        pipeline.set_rate(max(drain_rate + (target_backlog - backlog) / 2.0, drain_rate * 0.2, 100.0))
-        pipeline.check_alive()
+    while time.monotonic() - window_start < settings.seconds:
+        samples.append(await control.step())
         await asyncio.sleep(1.0)
     loaded1, accepted1, window_end = await _loaded(conn), pipeline.accepted, time.monotonic()
     elapsed = window_end - window_start
@@ -434,6 +469,7 @@ async def _drive(
         "exactly_once": final == accepted_total == distinct,
         "drain_s": round(drained_in, 2),
         "startup_s": round(startup_s, 2),
+        "settle_s": round(settle_s, 1),
         "latency_ms": latency,
         "shards": SHARDS,
         "generators": settings.generators,
@@ -452,6 +488,7 @@ async def main_async(args: argparse.Namespace) -> int:
         connections=args.connections,
         workers=args.workers,
         backlog_seconds=args.backlog_seconds,
+        settle=args.settle if args.settle is not None else (3.0 if args.quick else 20.0),
         drain_timeout=args.drain_timeout,
     )
     if not (ROOT / "processor" / "cli.py").exists():
@@ -486,6 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=16, help="HTTP connections per generator")
     parser.add_argument("--workers", type=int, default=0, help="consumer workers (0: CLI default)")
     parser.add_argument("--backlog-seconds", type=float, default=1.0, help="backlog the controller aims at")
+    parser.add_argument("--settle", type=float, help="max s to shrink the warm-up backlog")
     parser.add_argument("--drain-timeout", type=float, default=60.0, help="wait this long for the backlog")
     args = parser.parse_args(argv)
     args.only = args.only or ["embedded", "kinesis"]
