@@ -266,7 +266,7 @@ class Runner:
             lines += [
                 "",
                 "Try next:",
-                f"  curl -H 'Content-Type: application/json' -d '{_EXAMPLE}' {shown_host}:{port}/v1/events",
+                f"  curl -d '{_EXAMPLE}' {shown_host}:{port}/v1/events",
                 f'  shardflow query "select count(*) from page_views"{where}',
                 f"  open http://{shown_host}:{port}/metrics",
             ]

@@ -25,9 +25,13 @@ __all__ = [
     "read_body",
 ]
 
-JSON_TYPES: Final = frozenset({"application/json", "text/plain", ""})
-"""text/plain is what `navigator.sendBeacon` sends a string as; no type at all is taken as JSON."""
-NDJSON_TYPES: Final = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonlines"})
+JSON_TYPES: Final = frozenset({"application/json", "text/plain", "application/x-www-form-urlencoded", ""})
+"""text/plain is what `navigator.sendBeacon` sends a string as, x-www-form-urlencoded what `curl -d`
+sends; no type at all is taken as JSON. The body is JSON under each of them."""
+NDJSON_TYPES: Final = frozenset(
+    {"application/x-ndjson", "application/ndjson", "application/jsonlines", "application/x-jsonlines"}
+)
+"""NDJSON is told by its content type only, never guessed from the body."""
 MAX_DEPTH: Final = 64
 MAX_FIELDS: Final = 1000
 """Fields in any one JSON object of a body (the event's own limits are checked per event)."""

@@ -34,7 +34,7 @@ from processor.ingest.openapi import OPENAPI
 __all__ = ["Handlers"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_SEGMENT_TYPES = frozenset({"application/json", "text/plain", ""})
+_SEGMENT_TYPES = JSON_TYPES
 _FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "text/plain", ""})
 _SUCCESS = orjson.dumps({"success": True})
 

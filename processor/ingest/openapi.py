@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from processor.ingest.body import JSON_TYPES, NDJSON_TYPES
+
 __all__ = ["OPENAPI"]
 
 _ERROR = {
@@ -48,6 +50,14 @@ _EVENT = {
         "traits": {"type": "object"},
     },
 }
+_EVENTS_BODY = {
+    "oneOf": [
+        {"$ref": "#/components/schemas/Event"},
+        {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
+    ]
+}
+_JSON_TYPES = sorted(kind for kind in JSON_TYPES if kind)
+_NDJSON_TYPES = sorted(NDJSON_TYPES)
 _SEGMENT_OK = {
     "200": {
         "description": "Taken (messages Segment would take are stored; others become dead letters)",
@@ -63,7 +73,7 @@ def _segment(kind: str) -> dict[str, Any]:
         "post": {
             "summary": f"Segment-compatible {kind} call (32 KB limit)",
             "security": _BASIC,
-            "requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}},
+            "requestBody": {"content": {key: {"schema": {"type": "object"}} for key in _JSON_TYPES}},
             "responses": _SEGMENT_OK,
         }
     }
@@ -82,17 +92,13 @@ OPENAPI: Final[dict[str, Any]] = {
                 "summary": "Events as one object, an array, or NDJSON",
                 "security": _BASIC,
                 "requestBody": {
+                    "description": "JSON under application/json, text/plain (sendBeacon), "
+                    "application/x-www-form-urlencoded (curl -d) or no content type; NDJSON only "
+                    "under an NDJSON content type. Any other type is answered 415.",
                     "content": {
-                        "application/json": {
-                            "schema": {
-                                "oneOf": [
-                                    {"$ref": "#/components/schemas/Event"},
-                                    {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
-                                ]
-                            }
-                        },
-                        "application/x-ndjson": {"schema": {"type": "string"}},
-                    }
+                        **{key: {"schema": _EVENTS_BODY} for key in _JSON_TYPES},
+                        **{key: {"schema": {"type": "string"}} for key in _NDJSON_TYPES},
+                    },
                 },
                 "responses": {
                     "202": {

@@ -130,14 +130,48 @@ async def test_ndjson_keeps_good_lines_and_rejects_bad_ones(
     assert sorted(e["event_id"] for e in events) == ["n1", "n2"]
 
 
-async def test_wrong_content_type_is_415(front: FrontEnd, client: aiohttp.ClientSession) -> None:
-    assert await post(client, front, b"url=x", {"Content-Type": "application/x-www-form-urlencoded"}) == (
+@pytest.mark.parametrize("kind", ["multipart/form-data; boundary=x", "application/xml", "image/png"])
+async def test_wrong_content_type_is_415(front: FrontEnd, client: aiohttp.ClientSession, kind: str) -> None:
+    assert await post(client, front, b'{"url": "x"}', {"Content-Type": kind}) == (
         415,
         {
-            "error": "content type 'application/x-www-form-urlencoded' is not supported; send "
-            "application/json, application/jsonlines, application/ndjson, application/x-ndjson, text/plain"
+            "error": f"content type {kind.split(';')[0]!r} is not supported; send "
+            "application/json, application/jsonlines, application/ndjson, application/x-jsonlines, "
+            "application/x-ndjson, application/x-www-form-urlencoded, text/plain"
         },
     )
+
+
+@pytest.mark.parametrize(
+    "kind", ["application/x-www-form-urlencoded", "text/plain;charset=UTF-8", "application/json", None]
+)
+async def test_json_is_taken_under_what_curl_and_browsers_send(
+    front: FrontEnd, client: aiohttp.ClientSession, stream: EmbeddedStream, kind: str | None
+) -> None:
+    """`curl -d` sends x-www-form-urlencoded, `navigator.sendBeacon` text/plain: both are JSON here."""
+    body = b'{"url":"https://shop.example/p","anonymous_id":"a1","event_id":"c1"}'
+    headers = {"Content-Type": kind} if kind else {}
+    async with client.post(
+        url(front, "/v1/events"), data=body, headers=headers, skip_auto_headers=["Content-Type"]
+    ) as r:
+        assert (r.status, await r.json()) == (202, {"accepted": 1, "rejected": []})
+    events = await eventually(lambda: _when_len(events_on_stream(stream), 1), timeout=10, what="1 event")
+    assert events[0]["url"] == "https://shop.example/p"
+
+
+@pytest.mark.parametrize("kind", ["application/jsonlines", "application/x-jsonlines", "application/ndjson"])
+async def test_ndjson_under_every_ndjson_type(
+    front: FrontEnd, client: aiohttp.ClientSession, kind: str
+) -> None:
+    body = b'{"url":"https://a.example/1"}\n{"url":"https://a.example/2"}\n'
+    assert await post(client, front, body, {"Content-Type": kind}) == (202, {"accepted": 2, "rejected": []})
+
+
+async def test_ndjson_is_not_guessed_from_the_body(front: FrontEnd, client: aiohttp.ClientSession) -> None:
+    body = b'{"url":"https://a.example/1"}\n{"url":"https://a.example/2"}\n'
+    status, answer = await post(client, front, body, {"Content-Type": "text/plain"})
+    assert status == 400
+    assert answer == {"error": "body is not valid JSON: unexpected content after document at position 30"}
 
 
 async def test_body_over_max_body_is_413_without_reading_it(
