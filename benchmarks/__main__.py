@@ -56,7 +56,7 @@ MODULES: tuple[Module, ...] = (
     ),
     Module("consume", ("consume",), 60, 12),
     Module("sink", ("sink_postgres", "sink_mysql"), 70, 10),
-    Module("leases_scale", (), 40, 5),
+    Module("leases_scale", ("leases_scale",), 40, 5),
     Module("ingest_latency", ("ingest_stalled",), 40, 10),
     Module("end_to_end", ("end_to_end", "end_to_end_kinesis"), 220, 58),
 )

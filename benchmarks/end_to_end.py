@@ -488,7 +488,7 @@ async def main_async(args: argparse.Namespace) -> int:
         connections=args.connections,
         workers=args.workers,
         backlog_seconds=args.backlog_seconds,
-        settle=args.settle if args.settle is not None else (3.0 if args.quick else 20.0),
+        settle=args.settle if args.settle is not None else (3.0 if args.quick else 10.0),
         drain_timeout=args.drain_timeout,
     )
     if not (ROOT / "processor" / "cli.py").exists():

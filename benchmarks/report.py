@@ -63,6 +63,7 @@ ORDER = (
     "sink_mysql",
     "end_to_end",
     "end_to_end_kinesis",
+    "leases_scale",
 )
 FIXED = ("benchmark", "unit", "shardflow", "limit", "ratio_limit")
 
