@@ -34,6 +34,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from aiobotocore.session import get_session
 
 from benchmarks.common import emit, error_line, figure, interleaved_async, kinesalite_server
 from processor.streams.base import IteratorType, PutRecord
@@ -78,15 +79,31 @@ class Bench:
         self.naive_events = self.events[:naive_n]
         self.read_plain = ""
         self.read_aggregated = ""
+        self._admin: Any = None
 
     def uri(self, name: str) -> str:
         return f"kinesis://{name}?region=us-east-1&endpoint={self.endpoint}&limits=off&idle_wait=0"
 
     async def new_stream(self) -> str:
+        """A fresh 4-shard stream, made through one long-lived client (creation is not timed)."""
         name = f"bench-{uuid.uuid4().hex[:10]}"
-        async with KinesisStream.from_uri(self.uri(name)) as stream:
-            await stream.create(SHARDS)
-        return name
+        if self._admin is None:
+            self._admin = (
+                await get_session()
+                .create_client("kinesis", region_name="us-east-1", endpoint_url=self.endpoint)
+                .__aenter__()
+            )
+        await self._admin.create_stream(StreamName=name, ShardCount=SHARDS)
+        while True:
+            summary = await self._admin.describe_stream_summary(StreamName=name)
+            if summary["StreamDescriptionSummary"]["StreamStatus"] == "ACTIVE":
+                return name
+            await asyncio.sleep(0.01)
+
+    async def close(self) -> None:
+        if self._admin is not None:
+            await self._admin.__aexit__(None, None, None)
+            self._admin = None
 
     # --- puts ---------------------------------------------------------------------------------
 
@@ -141,8 +158,6 @@ class Bench:
         return len(self.events) / elapsed
 
     async def naive_put(self) -> float:
-        from aiobotocore.session import get_session
-
         name = await self.new_stream()
         async with get_session().create_client(
             "kinesis", region_name="us-east-1", endpoint_url=self.endpoint
@@ -387,6 +402,7 @@ async def run(quick: bool) -> None:
             limit_basis="KPL unpacking and JSON decoding alone, no network",
             **lifted,
         )
+        await bench.close()
 
 
 def main() -> None:
