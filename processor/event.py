@@ -5,9 +5,10 @@ Validation never coerces: a wrong type rejects the event with an error that name
 `null` counts as absent, as Segment's libraries send `"userId": null`.
 
 On the stream a record is either an event (`{"event_id": ..., ...}`) or a dead letter
-(`{"dead_letter": {"stage": ..., "reason": ..., "payload": ...}}`) that the front end could not
-accept and the consumer files in `shardflow_dead_letters` (the front end never touches the
-warehouse).
+(`{"dead_letter": {"id": ..., "stage": ..., "reason": ..., "payload": ...}}`) that the front end
+could not accept and the consumer files in `shardflow_dead_letters` (the front end never touches
+the warehouse). The letter's `id` is its dedup key there: a record the spool re-sends after a
+crash carries the same id, so it is filed once.
 """
 
 from __future__ import annotations
@@ -238,19 +239,37 @@ def encode_event(event: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS) -> b
     return data
 
 
+_MAX_DEAD_LETTER_ID: Final = 128
+"""Longer ids on a record are ignored (the consumer keys the letter by stream position)."""
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetterRecord:
     stage: str
     reason: str
     payload: str
+    id: str | None = None
+    """The key the front end gave the letter; None on records written before ids existed."""
 
 
-def encode_dead_letter(stage: str, reason: str, payload: bytes | str, max_bytes: int = 256 * 1024) -> bytes:
-    """A dead-letter record for the stream; the payload is kept verbatim up to `max_bytes`."""
+def encode_dead_letter(
+    stage: str,
+    reason: str,
+    payload: bytes | str,
+    max_bytes: int = 256 * 1024,
+    *,
+    letter_id: str | None = None,
+) -> bytes:
+    """A dead-letter record for the stream; the payload is kept verbatim up to `max_bytes`.
+
+    The letter gets `letter_id`, or a new UUIDv7: encode once and keep the bytes, so every
+    re-send of the record is recognised as the same letter.
+    """
     text = payload.decode("utf-8", "backslashreplace") if isinstance(payload, bytes) else payload
     if len(text) > max_bytes:
         text = text[:max_bytes] + "...[truncated]"
-    return orjson.dumps({"dead_letter": {"stage": stage, "reason": reason, "payload": text}})
+    key = letter_id if letter_id is not None else new_event_id()
+    return orjson.dumps({"dead_letter": {"id": key, "stage": stage, "reason": reason, "payload": text}})
 
 
 def decode_record(data: bytes) -> dict[str, Any] | DeadLetterRecord:
@@ -263,10 +282,12 @@ def decode_record(data: bytes) -> dict[str, Any] | DeadLetterRecord:
         raise EventError("", f"record must be a JSON object, not {_type_name(obj)}")
     letter = obj.get("dead_letter")
     if isinstance(letter, dict):
+        key = letter.get("id")
         return DeadLetterRecord(
             stage=str(letter.get("stage", "ingest")),
             reason=str(letter.get("reason", "")),
             payload=str(letter.get("payload", "")),
+            id=key if isinstance(key, str) and 0 < len(key) <= _MAX_DEAD_LETTER_ID else None,
         )
     if not isinstance(obj.get("event_id"), str) or not isinstance(obj.get("received_at"), str):
         raise EventError("", "record lacks event_id or received_at")
