@@ -17,7 +17,9 @@ Recovery: a torn or garbled tail (the write a crash cut short) is truncated; a c
 the middle of a segment is reported as `CorruptSpool` in the log, the segment is rewritten with
 every frame that still checks out, and the original kept beside it as `<id>.seg.corrupt`.
 
-A segment is deleted once it is sealed (the writer moved on) and every record in it was acked.
+A segment is deleted once it is sealed (the writer moved on) and every record in it was acked;
+a clean close also deletes the current segment when every record in it was acked, so a restart
+after SIGTERM re-sends nothing (a segment partly acked when a drain timed out is re-sent whole).
 """
 
 from __future__ import annotations
@@ -229,7 +231,9 @@ class Spool:
             self._fsync_task = asyncio.create_task(self._fsync_loop(), name="spool-fsync")
 
     async def close(self) -> None:
-        """Write what is queued, fsync (unless fsync="never"), stop the writer. Idempotent."""
+        """Write what is queued, fsync (unless fsync="never"), stop the writer, and delete every
+        segment the stream fully acknowledged, the current one too, so the next start re-sends
+        nothing acknowledged. Idempotent. (After SIGKILL the current segment is re-sent whole.)"""
         if self._writer_task is None:
             return
         if self._failure is None:
@@ -242,6 +246,14 @@ class Spool:
         self._writer_task = self._fsync_task = None
         async with self._io_lock:
             await asyncio.to_thread(self._close_fd, self.fsync != "never")
+            done = [s for s, state in self._segments.items() if state.acked >= state.written]
+            deletions, self._to_delete = sorted({*self._to_delete, *done}), []
+            await asyncio.to_thread(self._delete, deletions)
+        for segment in deletions:
+            gone = self._segments.pop(segment, None)
+            if gone is not None:
+                self._size -= gone.size
+        self._publish()
 
     async def flush(self) -> None:
         """Return once everything appended so far is written."""
@@ -481,7 +493,10 @@ class Spool:
                 self._open_segment(chunk.segment + 1)
             elif sync:
                 os.fsync(self._fd)
-        for segment in deletions:
+        self._delete(deletions)
+
+    def _delete(self, segments: list[int]) -> None:
+        for segment in segments:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.directory / _segment_name(segment))
 
