@@ -38,6 +38,7 @@ async def test_restart_after_a_clean_stop_puts_nothing_again(
     tmp_path: Path, base_config: IngestConfig
 ) -> None:
     stream = CountingStream.from_uri(f"sqlite:///{tmp_path}/counted.db")
+    assert isinstance(stream, CountingStream)
     await stream.create(2)
     try:
         async with FrontEnd(base_config, stream) as front, aiohttp.ClientSession() as client:
