@@ -671,9 +671,14 @@ class KinesisStream:
             await self._reads.wait(shard_id)
         try:
             answer = await self._call("get_records", ShardIterator=iterator, Limit=limit)
-        except ShardflowError:
+        except ShardflowError as exc:
             if shard_id is not None:
-                self._reads.done(shard_id, 0, idle=False)
+                # the caller may retry this same iterator: keep pacing it
+                self._remember(iterator, shard_id)
+                if isinstance(exc, Throttled):
+                    self._reads.throttled(shard_id)
+                else:
+                    self._reads.done(shard_id, 0, idle=False)
             raise
         records: list[Record] = []
         size = 0

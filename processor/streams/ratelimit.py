@@ -145,5 +145,9 @@ class ReadPacer:
             gap = max(gap, self._limits.idle_wait)
         self._next[shard_id] = time.monotonic() + gap
 
+    def throttled(self, shard_id: str, pause: float = 1.0) -> None:
+        """GetRecords was refused for rate (other readers share the shard): pause this shard."""
+        self._next[shard_id] = time.monotonic() + pause
+
     def forget(self, shard_id: str) -> None:
         self._next.pop(shard_id, None)

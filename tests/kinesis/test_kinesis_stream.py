@@ -190,6 +190,13 @@ async def test_expired_iterator_and_read_pacing(proxy: KinesisFaultProxy, stream
         with pytest.raises(ExpiredIterator):
             await stream.get_records(it)
         it = await stream.get_shard_iterator(shard, IteratorType.TRIM_HORIZON)
+        proxy.throttle_next(1, targets=["GetRecords"])
+        with pytest.raises(Throttled):
+            await stream.get_records(it)
+        throttled_at = time.monotonic()
+        got = await stream.get_records(it)
+        assert time.monotonic() - throttled_at >= 0.95, "a read throttle pauses the shard for a second"
+        it = got.next_iterator or it
         started = time.monotonic()
         for _ in range(6):
             got = await stream.get_records(it)
