@@ -75,15 +75,16 @@ def ensure_dirs(settings: Settings) -> None:
 
 
 def open_stream_for(settings: Settings) -> Stream:
-    """The stream of `settings`, with KPL aggregation on write when asked for (Kinesis only)."""
-    uri = settings.common.stream
-    if uri.startswith("kinesis:") and settings.ingest.aggregate:
-        from processor.streams.kinesis import KinesisStream
-
-        return KinesisStream.from_uri(uri, max_connections=16, aggregate=True)
+    """The stream of `settings`: a connection pool sized to the flusher's PutRecords in flight (plus
+    room for the readers), and KPL aggregation on write when asked for (Kinesis only)."""
     from processor.streams import open_stream
 
-    return open_stream(uri)
+    aggregate = settings.ingest.aggregate and settings.common.stream.startswith("kinesis:")
+    return open_stream(
+        settings.common.stream,
+        max_connections=max(16, settings.ingest.flush_concurrency * 2),
+        aggregate=aggregate,
+    )
 
 
 def open_warehouse_for(settings: Settings) -> Warehouse:
