@@ -20,7 +20,7 @@ from processor.streams.base import Record
 from shard_consumer.enrich import to_page_view
 from sinks.base import DeadLetter, PageView
 
-__all__ = ["Processed", "WorkerPool", "process_records"]
+__all__ = ["Processed", "WorkerPool", "dead_letter_key", "process_records"]
 
 _MAX_PAYLOAD_CHARS = 256 * 1024
 
@@ -35,26 +35,39 @@ def _payload(data: bytes) -> str:
     return text if len(text) <= _MAX_PAYLOAD_CHARS else text[:_MAX_PAYLOAD_CHARS] + "...[truncated]"
 
 
+def dead_letter_key(stage: str, shard_id: str, sequence_number: str, sub_sequence_number: int = 0) -> str:
+    """The dedup key of a letter made from a stream position: a replayed batch makes the same."""
+    return f"{stage}:{shard_id}:{sequence_number}:{sub_sequence_number}"
+
+
 def process_records(
-    shard_id: str, sequence_numbers: Sequence[str], datas: Sequence[bytes], anonymize_ip: bool
+    shard_id: str,
+    sequence_numbers: Sequence[str],
+    datas: Sequence[bytes],
+    anonymize_ip: bool,
+    sub_sequence_numbers: Sequence[int] | None = None,
 ) -> Processed:
     """Rows for the events, dead letters for the rest: undecodable -> `decode`, enrichment
     failure -> `transform`, dead-letter records -> their own stage. Never raises for bad input.
 
     A second record with an `event_id` already in this batch (a producer retry) is dropped here;
-    across batches the warehouse's primary key drops it.
+    across batches the warehouse's primary key drops it. Every letter gets a key (the front
+    end's id on ingest letters, else the stream position), so the warehouse files it once.
     """
     rows: list[PageView] = []
     letters: list[DeadLetter] = []
     seen: set[str] = set()
-    for seq, data in zip(sequence_numbers, datas, strict=True):
+    for i, (seq, data) in enumerate(zip(sequence_numbers, datas, strict=True)):
+        sub = sub_sequence_numbers[i] if sub_sequence_numbers else 0
         try:
             decoded = decode_record(data)
         except EventError as exc:
-            letters.append(DeadLetter("decode", str(exc), _payload(data), shard_id, seq))
+            key = dead_letter_key("decode", shard_id, seq, sub)
+            letters.append(DeadLetter("decode", str(exc), _payload(data), shard_id, seq, key))
             continue
         if isinstance(decoded, DeadLetterRecord):
-            letters.append(DeadLetter(decoded.stage, decoded.reason, decoded.payload, shard_id, seq))
+            key = decoded.id or dead_letter_key(decoded.stage, shard_id, seq, sub)
+            letters.append(DeadLetter(decoded.stage, decoded.reason, decoded.payload, shard_id, seq, key))
             continue
         event_id = decoded["event_id"]
         if event_id in seen:
@@ -63,7 +76,8 @@ def process_records(
             row = to_page_view(decoded, shard_id, seq, anonymize_ip=anonymize_ip)
         except Exception as exc:  # enrichment is third-party parsing: any failure is this record's
             reason = f"{type(exc).__name__}: {exc}"
-            letters.append(DeadLetter("transform", reason, _payload(data), shard_id, seq))
+            key = dead_letter_key("transform", shard_id, seq, sub)
+            letters.append(DeadLetter("transform", reason, _payload(data), shard_id, seq, key))
             continue
         seen.add(event_id)
         rows.append(row)
@@ -102,11 +116,14 @@ class WorkerPool:
         """Rows and dead letters for `records`, in their order."""
         seqs = [r.sequence_number for r in records]
         datas = [r.data for r in records]
+        subs: list[int] | None = [r.sub_sequence_number for r in records]
+        if not any(subs or ()):
+            subs = None
         if self._executor is None or len(records) < self._inline_below:
-            return process_records(shard_id, seqs, datas, self._anonymize_ip)
+            return process_records(shard_id, seqs, datas, self._anonymize_ip, subs)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self._executor, process_records, shard_id, seqs, datas, self._anonymize_ip
+            self._executor, process_records, shard_id, seqs, datas, self._anonymize_ip, subs
         )
 
     async def close(self) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import orjson
 
@@ -11,7 +11,10 @@ from processor import metrics
 from sinks.base import PAGE_VIEW_COLUMNS, DeadLetter, Lease
 
 __all__ = [
+    "DEAD_LETTER_COLUMNS",
     "LOAD_COLUMNS",
+    "by_stage",
+    "dead_letter_params",
     "lease_from_row",
     "parents_json",
     "record_commit",
@@ -19,6 +22,28 @@ __all__ = [
 
 LOAD_COLUMNS = ", ".join(PAGE_VIEW_COLUMNS)
 """Every `page_views` column the sink writes (`loaded_at` takes its default)."""
+
+DEAD_LETTER_COLUMNS = "stage, reason, payload, shard_id, sequence_number, dedup_key"
+"""The `shardflow_dead_letters` columns a batch writes, in `dead_letter_params` order."""
+
+
+def dead_letter_params(letter: DeadLetter) -> tuple[str, str, str, str | None, str | None, str | None]:
+    return (
+        letter.stage,
+        letter.reason,
+        letter.payload,
+        letter.shard_id,
+        letter.sequence_number,
+        letter.key,
+    )
+
+
+def by_stage(letters: Iterable[DeadLetter]) -> dict[str, list[DeadLetter]]:
+    """Letters grouped by stage, so one insert per stage tells how many of each were new."""
+    groups: dict[str, list[DeadLetter]] = {}
+    for letter in letters:
+        groups.setdefault(letter.stage, []).append(letter)
+    return groups
 
 
 def parents_json(parent_shard_ids: Sequence[str]) -> str:
@@ -48,9 +73,13 @@ def lease_from_row(
     )
 
 
-def record_commit(started: float, new_rows: int, dead_letters: Sequence[DeadLetter]) -> None:
-    """Count one committed batch in the SPEC metrics (call only after the commit succeeded)."""
+def record_commit(started: float, new_rows: int, new_letters: Mapping[str, int]) -> None:
+    """Count one committed batch in the SPEC metrics (call only after the commit succeeded).
+
+    `new_letters` is stage -> letters actually filed (duplicates by key are not counted).
+    """
     metrics.SINK_COMMIT_SECONDS.observe(time.perf_counter() - started)
     metrics.SINK_ROWS.inc(new_rows)
-    for letter in dead_letters:
-        metrics.DEAD_LETTERS.labels(stage=letter.stage).inc()
+    for stage, count in new_letters.items():
+        if count:
+            metrics.DEAD_LETTERS.labels(stage=stage).inc(count)

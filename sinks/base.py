@@ -82,13 +82,18 @@ PAGE_VIEW_COLUMNS: tuple[str, ...] = PageView._fields
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """A reject from any stage: ingest, decode, transform or load."""
+    """A reject from any stage: ingest, decode, transform or load.
+
+    Letters with the same `key` are filed once (the warehouse's `dedup_key` is unique), so a
+    record delivered twice (a spool re-send, a replayed batch) leaves one row. None: no dedup.
+    """
 
     stage: str
     reason: str
     payload: str
     shard_id: str | None = None
     sequence_number: str | None = None
+    key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

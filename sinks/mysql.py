@@ -38,7 +38,15 @@ from processor.errors import (
 )
 from processor.streams.base import ShardInfo
 from processor.uris import mask_uri
-from sinks._shared import LOAD_COLUMNS, lease_from_row, parents_json, record_commit
+from sinks._shared import (
+    DEAD_LETTER_COLUMNS,
+    LOAD_COLUMNS,
+    by_stage,
+    dead_letter_params,
+    lease_from_row,
+    parents_json,
+    record_commit,
+)
 from sinks.base import PAGE_VIEW_COLUMNS, Batch, Checkpoint, Lease, PageView, QueryResult, StoredDeadLetter
 from sinks.schema import VERSION_TABLE, pending_steps
 
@@ -55,8 +63,7 @@ _LEASE_SELECT = (
     "ON c.stream = l.stream AND c.shard_id = l.shard_id WHERE l.stream = %s"
 )
 _INSERT_DEAD = (
-    "INSERT INTO shardflow_dead_letters (stage, reason, payload, shard_id, sequence_number) "
-    "VALUES (%s, %s, %s, %s, %s)"
+    f"INSERT IGNORE INTO shardflow_dead_letters ({DEAD_LETTER_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)"
 )
 _UPSERT_CHECKPOINT = (
     "INSERT INTO shardflow_checkpoints (stream, shard_id, sequence_number, lease_counter, updated_at) "
@@ -359,18 +366,20 @@ class MysqlWarehouse:
     async def write_batch(self, batch: Batch) -> int:
         started = time.perf_counter()
         try:
-            new = await self._write(batch)
+            new, filed = await self._write(batch)
         except _LoadDataRefused:
             log.warning("%s refuses LOAD DATA LOCAL INFILE; loading with INSERT IGNORE", mask_uri(self.uri))
             self.load_data = False
-            new = await self._write(batch)
-        record_commit(started, new, batch.dead_letters)
+            new, filed = await self._write(batch)
+        record_commit(started, new, filed)
         return new
 
-    async def _write(self, batch: Batch) -> int:
+    async def _write(self, batch: Batch) -> tuple[int, dict[str, int]]:
+        """(new rows, new dead letters by stage)."""
         use_files = self.load_data and bool(batch.rows)
         paths = await asyncio.to_thread(load_data_files, batch.rows) if use_files else []
         new = 0
+        filed: dict[str, int] = {}
         try:
             async with self._transaction("write_batch") as cur:
                 await cur.execute(
@@ -395,14 +404,8 @@ class MysqlWarehouse:
                     for start in range(0, len(batch.rows), _INSERT_CHUNK):
                         chunk = batch.rows[start : start + _INSERT_CHUNK]
                         new += await cur.executemany(_INSERT_IGNORE, [tuple(r) for r in chunk])
-                if batch.dead_letters:
-                    await cur.executemany(
-                        _INSERT_DEAD,
-                        [
-                            (d.stage, d.reason, d.payload, d.shard_id, d.sequence_number)
-                            for d in batch.dead_letters
-                        ],
-                    )
+                for stage, group in by_stage(batch.dead_letters).items():
+                    filed[stage] = await cur.executemany(_INSERT_DEAD, list(map(dead_letter_params, group)))
                 await cur.execute(
                     _UPSERT_CHECKPOINT,
                     (batch.stream, batch.shard_id, batch.checkpoint, batch.fence.lease_counter),
@@ -410,7 +413,7 @@ class MysqlWarehouse:
         finally:
             if paths:
                 await asyncio.to_thread(_remove, paths)
-        return new
+        return new, filed
 
     async def get_checkpoint(self, stream: str, shard_id: str) -> str | None:
         async with self._transaction("get_checkpoint", leases=True) as cur:

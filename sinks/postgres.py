@@ -31,7 +31,14 @@ from processor.errors import (
 )
 from processor.streams.base import ShardInfo
 from processor.uris import mask_uri
-from sinks._shared import LOAD_COLUMNS, lease_from_row, parents_json, record_commit
+from sinks._shared import (
+    DEAD_LETTER_COLUMNS,
+    LOAD_COLUMNS,
+    dead_letter_params,
+    lease_from_row,
+    parents_json,
+    record_commit,
+)
 from sinks.base import (
     PAGE_VIEW_COLUMNS,
     Batch,
@@ -57,8 +64,9 @@ _MERGE = (
 )
 _FENCE = "SELECT owner, lease_counter FROM shardflow_leases WHERE stream = $1 AND shard_id = $2 FOR UPDATE"
 _INSERT_DEAD = (
-    "INSERT INTO shardflow_dead_letters (stage, reason, payload, shard_id, sequence_number) "
-    "VALUES ($1, $2, $3, $4, $5)"
+    f"INSERT INTO shardflow_dead_letters ({DEAD_LETTER_COLUMNS}) "
+    "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) "
+    "ON CONFLICT (dedup_key) DO NOTHING RETURNING stage"
 )
 _UPSERT_CHECKPOINT = (
     "INSERT INTO shardflow_checkpoints (stream, shard_id, sequence_number, lease_counter, updated_at) "
@@ -223,19 +231,23 @@ class PostgresWarehouse:
     async def write_batch(self, batch: Batch) -> int:
         started = time.perf_counter()
         try:
-            new = await self._write(batch, batch.rows, batch.dead_letters)
+            new, filed = await self._write(batch, batch.rows, batch.dead_letters)
         except _NotStorable:
             # PostgreSQL cannot store NUL in text or jsonb; retry once with it replaced, so one
             # odd event never blocks its shard (the normal path pays nothing for this)
             letters = [
                 replace(d, reason=_clean(d.reason), payload=_clean(d.payload)) for d in batch.dead_letters
             ]
-            new = await self._write(batch, [_clean_row(r) for r in batch.rows], letters)
-        record_commit(started, new, batch.dead_letters)
+            new, filed = await self._write(batch, [_clean_row(r) for r in batch.rows], letters)
+        record_commit(started, new, filed)
         return new
 
-    async def _write(self, batch: Batch, rows: Sequence[PageView], letters: Sequence[DeadLetter]) -> int:
+    async def _write(
+        self, batch: Batch, rows: Sequence[PageView], letters: Sequence[DeadLetter]
+    ) -> tuple[int, dict[str, int]]:
+        """(new rows, new dead letters by stage)."""
         new = 0
+        filed: dict[str, int] = {}
         async with (
             self._conn("write_batch") as conn,
             asyncio.timeout(self.command_timeout),
@@ -254,10 +266,9 @@ class PostgresWarehouse:
                     status = await conn.execute(_MERGE)
                     new = int(status.rsplit(" ", 1)[-1])
                 if letters:
-                    await conn.executemany(
-                        _INSERT_DEAD,
-                        [(d.stage, d.reason, d.payload, d.shard_id, d.sequence_number) for d in letters],
-                    )
+                    columns = zip(*map(dead_letter_params, letters), strict=True)
+                    for (stage,) in await conn.fetch(_INSERT_DEAD, *map(list, columns)):
+                        filed[stage] = filed.get(stage, 0) + 1
             except (asyncpg.CharacterNotInRepertoireError, asyncpg.UntranslatableCharacterError) as exc:
                 raise _NotStorable(str(exc)) from exc
             await conn.execute(
@@ -267,7 +278,7 @@ class PostgresWarehouse:
                 batch.checkpoint,
                 batch.fence.lease_counter,
             )
-        return new
+        return new, filed
 
     async def get_checkpoint(self, stream: str, shard_id: str) -> str | None:
         async with self._conn("get_checkpoint", leases=True) as conn:

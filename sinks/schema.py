@@ -161,10 +161,29 @@ _MYSQL_V1: Final = (
     ),
 )
 
+_DEDUP_INDEX: Final = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS shardflow_dead_letters_dedup_key_idx "
+    "ON shardflow_dead_letters (dedup_key)"
+)
+_DEDUP_KEY_CHARS: Final = 512
+"""Long enough for `stage:shard_id:sequence_number:sub_sequence_number` at the column limits."""
+
+# v2: dead letters idempotent. A nullable unique key (NULLs never collide, so rows filed before
+# keys existed stay as they are); writers insert with ON CONFLICT DO NOTHING / INSERT IGNORE.
+_SQLITE_V2: Final = ("ALTER TABLE shardflow_dead_letters ADD COLUMN dedup_key TEXT", _DEDUP_INDEX)
+_POSTGRES_V2: Final = (
+    "ALTER TABLE shardflow_dead_letters ADD COLUMN IF NOT EXISTS dedup_key text",
+    _DEDUP_INDEX,
+)
+_MYSQL_V2: Final = (
+    f"ALTER TABLE shardflow_dead_letters ADD COLUMN IF NOT EXISTS dedup_key VARCHAR({_DEDUP_KEY_CHARS})",
+    _DEDUP_INDEX,
+)
+
 MIGRATIONS: Final[dict[Dialect, tuple[tuple[str, ...], ...]]] = {
-    "sqlite": (_SQLITE_V1,),
-    "postgresql": (_POSTGRES_V1,),
-    "mysql": (_MYSQL_V1,),
+    "sqlite": (_SQLITE_V1, _SQLITE_V2),
+    "postgresql": (_POSTGRES_V1, _POSTGRES_V2),
+    "mysql": (_MYSQL_V1, _MYSQL_V2),
 }
 """Step i takes the schema from version i to i + 1. Append, never edit a released step."""
 

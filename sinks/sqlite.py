@@ -25,7 +25,15 @@ from urllib.request import pathname2url
 from processor.errors import ConfigError, InvalidRequest, LeaseLost, WarehouseUnavailable
 from processor.streams.base import ShardInfo
 from processor.uris import sqlite_path
-from sinks._shared import LOAD_COLUMNS, lease_from_row, parents_json, record_commit
+from sinks._shared import (
+    DEAD_LETTER_COLUMNS,
+    LOAD_COLUMNS,
+    by_stage,
+    dead_letter_params,
+    lease_from_row,
+    parents_json,
+    record_commit,
+)
 from sinks.base import (
     PAGE_VIEW_COLUMNS,
     Batch,
@@ -45,8 +53,8 @@ _INSERT_ROW = (
     f"INSERT OR IGNORE INTO page_views ({LOAD_COLUMNS}) VALUES ({', '.join('?' for _ in PAGE_VIEW_COLUMNS)})"
 )
 _INSERT_DEAD = (
-    "INSERT INTO shardflow_dead_letters (stage, reason, payload, shard_id, sequence_number, created_at) "
-    "VALUES (?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO shardflow_dead_letters ({DEAD_LETTER_COLUMNS}, created_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedup_key) DO NOTHING"
 )
 _UPSERT_CHECKPOINT = (
     "INSERT INTO shardflow_checkpoints (stream, shard_id, sequence_number, lease_counter, updated_at) "
@@ -236,12 +244,16 @@ class SqliteWarehouse:
 
     async def write_batch(self, batch: Batch) -> int:
         started = time.perf_counter()
-        new: int = await self._call(self._transaction, lambda conn: self._write(conn, batch))
-        record_commit(started, new, batch.dead_letters)
+        written: tuple[int, dict[str, int]] = await self._call(
+            self._transaction, lambda conn: self._write(conn, batch)
+        )
+        new, letters = written
+        record_commit(started, new, letters)
         return new
 
     @staticmethod
-    def _write(conn: sqlite3.Connection, batch: Batch) -> int:
+    def _write(conn: sqlite3.Connection, batch: Batch) -> tuple[int, dict[str, int]]:
+        """(new rows, new dead letters by stage)."""
         lease = conn.execute(
             "SELECT owner, lease_counter FROM shardflow_leases WHERE stream = ? AND shard_id = ?",
             (batch.stream, batch.shard_id),
@@ -255,19 +267,16 @@ class SqliteWarehouse:
         conn.executemany(_INSERT_ROW, map(_row, batch.rows))
         new = conn.total_changes - before
         now = _now_iso()
-        if batch.dead_letters:
-            conn.executemany(
-                _INSERT_DEAD,
-                [
-                    (d.stage, d.reason, d.payload, d.shard_id, d.sequence_number, now)
-                    for d in batch.dead_letters
-                ],
-            )
+        letters: dict[str, int] = {}
+        for stage, group in by_stage(batch.dead_letters).items():
+            before = conn.total_changes
+            conn.executemany(_INSERT_DEAD, [(*dead_letter_params(d), now) for d in group])
+            letters[stage] = conn.total_changes - before
         conn.execute(
             _UPSERT_CHECKPOINT,
             (batch.stream, batch.shard_id, batch.checkpoint, batch.fence.lease_counter, now),
         )
-        return new
+        return new, letters
 
     async def get_checkpoint(self, stream: str, shard_id: str) -> str | None:
         def get() -> str | None:

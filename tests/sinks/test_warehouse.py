@@ -12,6 +12,7 @@ from processor.errors import InvalidRequest, LeaseLost
 from processor.streams.base import SHARD_END, ShardInfo
 from sinks import Batch, DeadLetter, Fence, Warehouse, open_warehouse
 from sinks.base import LeaseStore, Sink
+from sinks.schema import LATEST_VERSION
 from tests.sinks.conftest import make_row
 
 STREAM = "events"
@@ -242,7 +243,7 @@ async def test_start_is_idempotent_and_migrations_rerun_cleanly(warehouse_url: s
     others = [open_warehouse(warehouse_url) for _ in range(3)]
     await asyncio.gather(*(o.start() for o in others))
     versions = await others[0].query("SELECT version FROM shardflow_schema_version ORDER BY version")
-    assert [int(v[0]) for v in versions.rows] == [1]  # type: ignore[call-overload]
+    assert [int(v[0]) for v in versions.rows] == list(range(1, LATEST_VERSION + 1))  # type: ignore[call-overload]
     assert await count(others[0]) == 1
     for wh in (first, *others):
         await wh.close()
@@ -254,7 +255,7 @@ async def test_concurrent_schema_creation_on_a_fresh_database(warehouse_url: str
     try:
         await asyncio.gather(*(wh.start() for wh in many))
         versions = await many[0].query("SELECT count(*) FROM shardflow_schema_version")
-        assert int(versions.rows[0][0]) == 1  # type: ignore[call-overload]
+        assert int(versions.rows[0][0]) == LATEST_VERSION  # type: ignore[call-overload]
     finally:
         for wh in many:
             await wh.close()
@@ -275,7 +276,7 @@ async def test_nul_characters_never_block_a_shard(warehouse: Warehouse) -> None:
 async def test_a_later_release_adds_a_column_without_losing_rows(
     warehouse_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Forward migration: step 2 runs once on an existing v1 schema; rows stay."""
+    """Forward migration: one more step runs once on an existing schema; rows stay."""
     from sinks import schema
 
     first = open_warehouse(warehouse_url)
@@ -292,7 +293,7 @@ async def test_a_later_release_adds_a_column_without_losing_rows(
         later = open_warehouse(warehouse_url)
         await later.start()
         versions = await later.query("SELECT version FROM shardflow_schema_version ORDER BY version")
-        assert [int(str(v[0])) for v in versions.rows] == [1, 2]
+        assert [int(str(v[0])) for v in versions.rows] == list(range(1, LATEST_VERSION + 2))
         result = await later.query("SELECT event_id, country FROM page_views")
         assert result.rows == [("ev-00000001", None)]
         await later.close()
