@@ -159,6 +159,18 @@ def _count_keys(value: object, field: str, limits: Limits) -> None:
             stack.extend((v, depth + 1) for v in item)
 
 
+_STRING: Final = 1
+_OBJECT: Final = 2
+_TS: Final = 3
+_IGNORED: Final = 4
+_KIND: Final = {
+    **dict.fromkeys(STRING_FIELDS, _STRING),
+    **dict.fromkeys(OBJECT_FIELDS, _OBJECT),
+    "ts": _TS,
+    "received_at": _IGNORED,
+}
+
+
 def validate_event(
     raw: object,
     *,
@@ -171,7 +183,76 @@ def validate_event(
 
     `received_at` (epoch seconds), `ip` and `user_agent` come from the request; the client's
     own `ip`/`user_agent` win when given, as Segment's `context.ip` does.
+
+    One pass over the keys present for a good event; anything in doubt is decided by the
+    field-by-field check (`_validate_strictly`), so errors always name the first bad field in
+    the documented order. The result may share nested objects with `raw`.
     """
+    if type(raw) is not dict or not raw.keys() <= KNOWN_FIELDS:
+        return _validate_strictly(raw, received_at, ip, user_agent, limits)
+    event: dict[str, Any] = {}
+    max_string = limits.max_string
+    seconds: float | None = None
+    for key, value in raw.items():
+        if value is None:
+            continue
+        kind = _KIND[key]
+        if kind is _STRING:
+            if type(value) is not str or len(value) > max_string:
+                return _validate_strictly(raw, received_at, ip, user_agent, limits)
+            event[key] = value
+        elif kind is _OBJECT:
+            if type(value) is not dict or not _small_flat(value, limits):
+                return _validate_strictly(raw, received_at, ip, user_agent, limits)
+            event[key] = value
+        elif kind is _TS:
+            try:
+                seconds = parse_ts(value)
+            except EventError:
+                return _validate_strictly(raw, received_at, ip, user_agent, limits)
+            if (
+                not received_at - limits.max_past_seconds
+                <= seconds
+                <= received_at + limits.max_future_seconds
+            ):
+                return _validate_strictly(raw, received_at, ip, user_agent, limits)
+    kind_ = event.setdefault("type", "page")
+    event_id = event.get("event_id")
+    if kind_ not in EVENT_TYPES or (
+        event_id is not None and (len(event_id) > limits.max_event_id or not event_id.strip())
+    ):
+        return _validate_strictly(raw, received_at, ip, user_agent, limits)
+    if event_id is None:
+        event["event_id"] = new_event_id()
+    if seconds is not None:
+        event["ts"] = format_ts(seconds)
+    event["received_at"] = format_ts(received_at)
+    if ip is not None and "ip" not in event:
+        event["ip"] = ip
+    if user_agent is not None and "user_agent" not in event:
+        event["user_agent"] = user_agent
+    return event
+
+
+def _small_flat(value: dict[str, Any], limits: Limits) -> bool:
+    """True when `value` holds no nested object or array and is within the key limit."""
+    if len(value) > limits.max_object_keys:
+        return False
+    for item in value.values():
+        kind = type(item)
+        if kind is dict or kind is list:
+            try:
+                _count_keys(value, "", limits)
+            except EventError:
+                return False
+            return True
+    return True
+
+
+def _validate_strictly(
+    raw: object, received_at: float, ip: str | None, user_agent: str | None, limits: Limits
+) -> dict[str, Any]:
+    """Field by field in the documented order: the first bad field is the one named."""
     if not isinstance(raw, dict):
         raise EventError("", f"an event must be a JSON object, not {_type_name(raw)}")
     for key in raw:

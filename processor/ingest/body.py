@@ -20,6 +20,8 @@ __all__ = [
     "MAX_FIELDS",
     "NDJSON_TYPES",
     "check_structure",
+    "needs_structure_check",
+    "not_json",
     "parse_json",
     "parse_ndjson_line",
     "read_body",
@@ -70,7 +72,8 @@ async def read_body(request: web.Request, max_body: int, timeout: float) -> byte
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _not_json(body: bytes, exc: orjson.JSONDecodeError, what: str = "body") -> RequestError:
+def not_json(body: bytes, exc: orjson.JSONDecodeError, what: str = "body") -> RequestError:
+    """The 400 for a `body` orjson could not parse, naming the problem."""
     try:
         body.decode("utf-8")
     except UnicodeDecodeError as bad:
@@ -87,7 +90,7 @@ def parse_json(body: bytes, what: str = "body") -> Any:
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise _not_json(body, exc, what) from None
+        raise not_json(body, exc, what) from None
     check_structure(body, value, what)
     return value
 
@@ -96,10 +99,15 @@ def parse_ndjson_line(line: bytes) -> Any:
     return parse_json(line, "line")
 
 
+def needs_structure_check(body: bytes) -> bool:
+    """False when `body` is too small to break either structure limit (nor can any part of it)."""
+    return body.count(b":") > MAX_FIELDS or body.count(b"{") + body.count(b"[") > MAX_DEPTH
+
+
 def check_structure(body: bytes, value: object, what: str = "body") -> None:
     """400 for an object with more than MAX_FIELDS fields or nesting past MAX_DEPTH, walked
     without recursion. Bodies too small to break either limit are not walked at all."""
-    if body.count(b":") <= MAX_FIELDS and body.count(b"{") + body.count(b"[") <= MAX_DEPTH:
+    if not needs_structure_check(body):
         return
     stack: list[tuple[object, int]] = [(value, 1)]
     while stack:

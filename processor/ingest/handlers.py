@@ -21,9 +21,11 @@ from processor.ingest.access import Access
 from processor.ingest.body import (
     JSON_TYPES,
     NDJSON_TYPES,
+    check_structure,
     media_type,
+    needs_structure_check,
+    not_json,
     parse_json,
-    parse_ndjson_line,
     read_body,
 )
 from processor.ingest.config import IngestConfig
@@ -101,15 +103,21 @@ class Handlers:
         single = False
         if kind in NDJSON_TYPES:
             index = 0
+            add = self.intake.add
+            checked = not needs_structure_check(body)
             for line in body.split(b"\n"):
-                if not line.strip():
+                if not line or line.isspace():
                     continue
                 try:
-                    item = parse_ndjson_line(line)
+                    item = orjson.loads(line)
+                    if not checked:
+                        check_structure(line, item, "line")
+                except orjson.JSONDecodeError as exc:
+                    self.intake.reject(batch, index, not_json(line, exc, "line").message, line)
                 except RequestError as exc:
                     self.intake.reject(batch, index, exc.message, line)
                 else:
-                    self.intake.add(batch, index, item, line)
+                    add(batch, index, item, line)
                 index += 1
             if index == 0:
                 raise RequestError(Problem.NOT_JSON, "body has no events; send one JSON object per line")

@@ -72,7 +72,8 @@ class Intake:
         except EventError as exc:
             self.reject(batch, index, str(exc), source if source is not None else _dump(raw))
             return str(exc)
-        batch.records.append((partition_key(event), data))
+        key = event.get("anonymous_id") or event.get("user_id") or event["event_id"]
+        batch.records.append((key if len(key) <= 256 else partition_key(event), data))
         batch.accepted += 1
         return None
 
