@@ -192,7 +192,16 @@ async def worker(args: argparse.Namespace) -> None:
 
     async def report() -> None:
         while True:
-            text = json.dumps({"rows": store.rows, "calls": store.calls, "t": time.time()})
+            state = {
+                sim.manager.consumer_id: [
+                    len(sim.manager.held),
+                    sim.manager.target,
+                    sim.manager.consumers,
+                    list(sim.manager._steals),
+                ]
+                for sim in sims
+            }
+            text = json.dumps({"rows": store.rows, "calls": store.calls, "t": time.time(), "state": state})
             await asyncio.to_thread(counts.write_text, text)
             await asyncio.sleep(0.25)
 
@@ -291,9 +300,26 @@ async def time_to_converge(warehouse: Warehouse, owners: int, since: float, time
             leases = await warehouse.list_leases(STREAM)
             now = await warehouse.now()
             spread = Counter(x.owner if x.expires_at > now else None for x in leases)
-            raise TimeoutError(f"no fair share among {owners} consumers after {timeout:.0f}s: {spread}")
+            asked = Counter(x.handoff_to for x in leases if x.handoff_to)
+            lowest = min(spread, key=lambda o: spread[o] if o else 999)
+            print(f"{lowest}: {_state_of(lowest)}", file=sys.stderr)
+            raise TimeoutError(
+                f"no fair share among {owners} consumers after {timeout:.0f}s: {spread}; "
+                f"hand-offs asked {asked}"
+            )
         await asyncio.sleep(0.05)
     return time.monotonic() - since
+
+
+def _state_of(consumer: str | None) -> object:
+    for path in Path(tempfile.gettempdir()).glob("sf-bench-leases-*/*.json"):
+        try:
+            state = json.loads(path.read_text()).get("state", {})
+        except ValueError:
+            continue
+        if consumer in state:
+            return state[consumer]
+    return None
 
 
 def overlaps(intervals: list[list[Any]]) -> int:

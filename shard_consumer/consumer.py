@@ -18,7 +18,7 @@ import random
 import time
 
 from processor.errors import FatalError, RetriableError, WarehouseUnavailable
-from processor.metrics import WAREHOUSE_UP
+from processor.metrics import CONSUMER_MILLIS_BEHIND, WAREHOUSE_UP
 from processor.streams.base import Stream
 from shard_consumer.config import ConsumerConfig
 from shard_consumer.leases import LeaseManager, new_consumer_id
@@ -189,6 +189,9 @@ class Consumer:
         entry = self._shards.get(shard_id)
         if entry is not None and entry[0] is shard:
             del self._shards[shard_id]
+        with contextlib.suppress(KeyError):
+            # a shard no longer read here has no lag to report from this process
+            CONSUMER_MILLIS_BEHIND.remove(shard_id)
         if ending is Transition.LEASE_LOST:
             self._leases.drop(shard_id)
             return

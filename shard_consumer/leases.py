@@ -8,7 +8,8 @@ never both believe they took the same lease. The rules, decided by `plan_balance
   (a newcomer holding nothing is seen by its first request) and itself. A shard is workable
   when it is not finished (`SHARD_END`) and every parent is.
 - Free and expired leases are taken first (in random order, so consumers starting together
-  rarely collide).
+  rarely collide); a consumer that already has its fair minimum leaves them to any consumer that
+  holds fewer (else a lease handed over to a poorer consumer is snapped up by a richer one).
 - Beyond that a consumer steals from the most-loaded owner, one lease per step, and only from
   an owner that holds at least two more than itself (counting the steals already planned):
   each step strictly narrows the spread, so the group converges and never flaps.
@@ -98,6 +99,11 @@ def plan_balance(
     rng.shuffle(free)
     free.sort(key=lambda lease: lease.handoff_to != me)
     if free:
+        poorer = bool(waiting) or any(count < mine for count in owners.values())
+        if poorer and mine >= len(candidates) // consumers:
+            # Leave it to a consumer below its fair minimum: a lease just handed over to one
+            # would otherwise be snapped up here, and the hand-off would start all over.
+            return BalancePlan(target, consumers)
         return BalancePlan(target, consumers, take=free[: target - mine])
     theirs: dict[str, list[Lease]] = {}
     for lease in candidates:
@@ -155,6 +161,9 @@ class LeaseManager:
         self.held: dict[str, Lease] = {}
         self._handing_off: set[str] = set()
         self._steals: dict[str, _Steal] = {}
+        self._valid_until: dict[str, float] = {}
+        """shard -> monotonic time its lease surely still holds until (renewal start + timeout)."""
+        self._margin = min(lease_timeout / 10, 1.0)
         self._rng = rng or random.Random()
         self.target = 0
         self.consumers = 1
@@ -169,14 +178,26 @@ class LeaseManager:
         await self._store.create_leases(self.stream_name, description.shards)
 
     async def renew(self) -> RenewResult:
-        """Extend every held lease; report the lost ones and those asked for by another consumer."""
+        """Extend every held lease; report the lost ones and those asked for by another consumer.
+
+        A lease whose last renewal began a lease timeout ago (less a margin) is given up as lost
+        instead of renewed: another consumer may be taking it as expired at this very moment,
+        and a renewal racing that take would leave two consumers believing they hold it.
+        """
+        started = time.monotonic()
+        lost: list[str] = []
+        for shard in list(self.held):
+            if started >= self._valid_until.get(shard, math.inf) - self._margin:
+                log.warning("shard %s: lease not renewed in time; giving it up", shard)
+                lost.append(shard)
+                self.drop(shard)
         snapshot = {shard: lease.lease_counter for shard, lease in self.held.items()}
         if not snapshot:
-            return RenewResult([], [])
+            return RenewResult(lost, [])
         renewed = await self._store.renew_leases(
             self.stream_name, self.consumer_id, snapshot, self.lease_timeout
         )
-        lost: list[str] = []
+        dropped: list[str] = []
         handoffs: list[str] = []
         for shard, counter in snapshot.items():
             current = self.held.get(shard)
@@ -184,16 +205,17 @@ class LeaseManager:
                 continue
             lease = renewed.get(shard)
             if lease is None:
-                lost.append(shard)
+                dropped.append(shard)
                 continue
             LEASE_EVENTS.labels("renewed").inc()
             self.held[shard] = lease
+            self._valid_until[shard] = started + self.lease_timeout
             if lease.handoff_to not in (None, self.consumer_id) and shard not in self._handing_off:
                 self._handing_off.add(shard)
                 handoffs.append(shard)
-        for shard in lost:
+        for shard in dropped:
             self.drop(shard)
-        return RenewResult(lost, handoffs)
+        return RenewResult(lost + dropped, handoffs)
 
     async def balance(self) -> list[Lease]:
         """Take free/expired leases or pursue one steal; the leases newly acquired."""
@@ -213,12 +235,13 @@ class LeaseManager:
         plan = plan_balance(leases, self.consumer_id, list(self.held), now, self._rng)
         self.target, self.consumers = plan.target, plan.consumers
         for lease in plan.take:
+            began = time.monotonic()
             taken = await self._store.take_lease(
                 self.stream_name, lease.shard_id, self.consumer_id, lease.lease_counter, self.lease_timeout
             )
             if taken is not None:
                 LEASE_EVENTS.labels("taken").inc()
-                self._hold(taken)
+                self._hold(taken, began)
                 acquired.append(taken)
         for victim in plan.steals:
             assert victim.owner is not None
@@ -241,6 +264,7 @@ class LeaseManager:
         if not released and time.monotonic() < steal.deadline:
             return None
         del self._steals[steal.shard_id]
+        began = time.monotonic()
         taken = await self._store.take_lease(
             self.stream_name, lease.shard_id, self.consumer_id, lease.lease_counter, self.lease_timeout
         )
@@ -249,18 +273,20 @@ class LeaseManager:
         LEASE_EVENTS.labels("stolen" if released else "forced").inc()
         if not released:
             log.warning("shard %s: %s did not hand over in time; took it", lease.shard_id, steal.owner)
-        self._hold(taken)
+        self._hold(taken, began)
         return taken
 
-    def _hold(self, lease: Lease) -> None:
+    def _hold(self, lease: Lease, began: float) -> None:
         if lease.shard_id not in self.held:
             LEASES_HELD.inc()
         self.held[lease.shard_id] = lease
+        self._valid_until[lease.shard_id] = began + self.lease_timeout
 
     async def release(self, shard_id: str) -> None:
         """Give a held lease up so the next owner starts without waiting for expiry."""
         lease = self.held.pop(shard_id, None)
         self._handing_off.discard(shard_id)
+        self._valid_until.pop(shard_id, None)
         if lease is None:
             return
         LEASES_HELD.dec()
@@ -270,6 +296,7 @@ class LeaseManager:
     def drop(self, shard_id: str) -> None:
         """Forget a lease another consumer took (no release: it is not ours any more)."""
         self._handing_off.discard(shard_id)
+        self._valid_until.pop(shard_id, None)
         if self.held.pop(shard_id, None) is not None:
             LEASES_HELD.dec()
             LEASE_EVENTS.labels("lost").inc()
