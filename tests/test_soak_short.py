@@ -1,0 +1,60 @@
+"""The 30-second soak, in the default test run: every fault once, then the exactly-once checker.
+
+The full 3-minute soak is `make soak` (`python -m tests.soak --minutes 3`). This runs the same
+runner as a subprocess (real front ends, consumers, kinesalite behind the fault proxies, and
+PostgreSQL behind a TCP proxy). Loss, duplicates, or rows nobody sent fail it outright. Failures
+that come from bugs already pinned by `tests/soak/test_regressions.py` (per-key order under
+per-record put errors; a front end whose spool disk filled never finishing its graceful stop;
+`shardflow ingest` exiting when the stream errs as it starts)
+mark it xfail, naming them, until those are fixed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.support.kinesalite import ROOT
+from tests.support.services import POSTGRES_DSN, fresh_postgres
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
+
+KNOWN = (
+    (r"\d+ per-key order violations$", "flusher: a per-record retry lets later records of the key overtake"),
+    (r"graceful stop exit statuses: \{('fe\d': -9(, )?)+\}$", "spool: after ENOSPC a front end's stop hangs"),
+    (
+        r"unexpected exit: fe\d exited on its own with status 1 ",
+        "runner: `shardflow ingest` exits 1 when the stream errs at start",
+    ),
+)
+
+
+def test_30s_soak_with_every_fault_loses_and_doubles_nothing(tmp_path: Path) -> None:
+    if not (ROOT / "node_modules" / "kinesalite").is_dir():
+        pytest.skip("kinesalite not installed (npm install)")
+    with fresh_postgres():  # skips (or fails in CI) with the reason when PostgreSQL is down
+        pass
+    workdir = tmp_path / "soak"
+    env = {**os.environ, "SHARDFLOW_TEST_POSTGRES_DSN": POSTGRES_DSN, "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.soak", "--seconds", "30", "--seed", "8", "--rate", "200",
+         "--drain-timeout", "60", "--workdir", str(workdir)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=140,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert (workdir / "report.json").exists(), output
+    report = orjson.loads((workdir / "report.json").read_bytes())["report"]
+    assert report["acknowledged"] > 3000, output
+    assert (report["lost"], report["duplicates"], report["never_sent"]) == (0, 0, 0), output
+    assert report["loaded"] >= report["acknowledged"], output
+    if done.returncode == 0:
+        return
+    unknown = [f for f in report["failures"] if not any(re.match(k, f) for k, _ in KNOWN)]
+    assert not unknown, output
+    pytest.xfail("; ".join(why for k, why in KNOWN if any(re.match(k, f) for f in report["failures"])))
