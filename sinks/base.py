@@ -3,8 +3,9 @@
 Exactly-once rests on one rule: a batch's rows, its dead letters and the shard's new checkpoint
 commit in ONE transaction, and only while the writer still holds the shard's lease (same owner,
 same lease counter, checked inside that transaction). A replay after a crash re-reads from the
-committed checkpoint; a duplicate `event_id` is ignored (the primary key); a consumer that lost
-its lease gets `LeaseLost` and nothing is written.
+committed checkpoint; a duplicate `event_id` is ignored (the primary key), and so is a dead
+letter whose `key` is already filed (the unique `dedup_key`); a consumer that lost its lease
+gets `LeaseLost` and nothing is written.
 
 Backends raise only `processor.errors` types: `WarehouseUnavailable` for anything that may work
 on retry (connection refused or cut, server restarting, deadlock, serialization failure),

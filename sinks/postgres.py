@@ -3,7 +3,8 @@
 A batch is one transaction on a connection of the write pool: lock the shard's lease row
 (`SELECT ... FOR UPDATE`) and check owner and counter, binary `COPY` the rows into a temporary
 staging table, `INSERT ... SELECT ... ON CONFLICT (event_id) DO NOTHING`, insert the dead
-letters, upsert the checkpoint, commit. A connection cut anywhere before COMMIT leaves nothing.
+letters (`ON CONFLICT (dedup_key) DO NOTHING`), upsert the checkpoint, commit. A connection cut
+anywhere before COMMIT leaves nothing.
 
 Lease operations use a pool of their own, so a stuck COPY never delays a renewal, and the
 database server's clock (`clock_timestamp()`), so consumers with skewed clocks agree on expiry.
