@@ -101,7 +101,9 @@ def parse_ndjson_line(line: bytes) -> Any:
 
 def needs_structure_check(body: bytes) -> bool:
     """False when `body` is too small to break either structure limit (nor can any part of it)."""
-    return body.count(b":") > MAX_FIELDS or body.count(b"{") + body.count(b"[") > MAX_DEPTH
+    return (len(body) > MAX_FIELDS and body.count(b":") > MAX_FIELDS) or (
+        body.count(b"{") + body.count(b"[") > MAX_DEPTH
+    )
 
 
 def check_structure(body: bytes, value: object, what: str = "body") -> None:

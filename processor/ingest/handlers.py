@@ -23,7 +23,6 @@ from processor.ingest.body import (
     NDJSON_TYPES,
     check_structure,
     media_type,
-    needs_structure_check,
     not_json,
     parse_json,
     read_body,
@@ -104,14 +103,12 @@ class Handlers:
         if kind in NDJSON_TYPES:
             index = 0
             add = self.intake.add
-            checked = not needs_structure_check(body)
             for line in body.split(b"\n"):
                 if not line or line.isspace():
                     continue
                 try:
                     item = orjson.loads(line)
-                    if not checked:
-                        check_structure(line, item, "line")
+                    check_structure(line, item, "line")
                 except orjson.JSONDecodeError as exc:
                     self.intake.reject(batch, index, not_json(line, exc, "line").message, line)
                 except RequestError as exc:
