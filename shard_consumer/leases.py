@@ -157,7 +157,8 @@ class LeaseManager:
         self._stream = stream
         self.consumer_id = consumer_id
         self.lease_timeout = lease_timeout
-        self.handoff_timeout = lease_timeout if handoff_timeout is None else handoff_timeout
+        # an owner notices a request at its next renewal and then commits what is in flight
+        self.handoff_timeout = 2 * lease_timeout if handoff_timeout is None else handoff_timeout
         self.held: dict[str, Lease] = {}
         self._handing_off: set[str] = set()
         self._steals: dict[str, _Steal] = {}

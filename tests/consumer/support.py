@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 
@@ -30,9 +31,14 @@ def event_records(count: int, prefix: str = "e", start: int = 0) -> list[PutReco
     return records
 
 
-async def put_all(stream: Stream, records: Sequence[PutRecord], chunk: int = 500) -> None:
-    """Append every record (retrying per-record failures) so none is missing from the stream."""
+async def put_all(stream: Stream, records: Sequence[PutRecord], chunk: int = 500, pause: float = 0.0) -> None:
+    """Append every record (retrying per-record failures) so none is missing from the stream.
+
+    `pause` spaces the chunks out, so that events keep flowing while a test does something else.
+    """
     for i in range(0, len(records), chunk):
+        if i and pause:
+            await asyncio.sleep(pause)
         pending = list(records[i : i + chunk])
         while pending:
             results = await stream.put_records(pending)

@@ -138,7 +138,8 @@ async def test_sigkill_mid_batch_loads_exactly_once(setup: Setup) -> None:
     records = event_records(total, "k")
     doomed = setup.spawn("doomed")
     survivor = setup.spawn("survivor")
-    producer = asyncio.create_task(put_all(setup.stream, records, chunk=250))
+    await eventually(lambda: _spread_is(setup, [2, 2]), timeout=30, what="both consumers hold shards")
+    producer = asyncio.create_task(put_all(setup.stream, records, chunk=500, pause=0.05))
 
     async def some_loaded() -> bool:
         rows, _ = await row_counts(setup.warehouse)
@@ -188,6 +189,10 @@ async def test_sigstop_past_lease_timeout_then_stale_commit_refused(setup: Setup
     assert stale.proc.poll() is None, "the stale consumer drops the shards and carries on"
 
 
+async def _spread_is(setup: Setup, spread: list[int]) -> bool:
+    return _spread(await setup.owners()) == spread
+
+
 async def _has(setup: Setup, owner: str, count: int) -> bool:
     return (await setup.owners()).get(owner) == count
 
@@ -196,7 +201,9 @@ async def test_split_and_merge_while_events_flow(setup: Setup) -> None:
     await setup.stream.create(4)
     setup.spawn("r1")
     setup.spawn("r2")
-    producer = asyncio.create_task(put_all(setup.stream, event_records(20_000, "m"), chunk=100))
+    await eventually(lambda: _spread_is(setup, [2, 2]), timeout=30, what="both consumers hold shards")
+    records = event_records(20_000, "m")
+    producer = asyncio.create_task(put_all(setup.stream, records[:10_000], chunk=100, pause=0.02))
 
     async def flowing() -> bool:
         return (await row_counts(setup.warehouse))[0] > 500
@@ -206,6 +213,7 @@ async def test_split_and_merge_while_events_flow(setup: Setup) -> None:
     await setup.stream.split_shard(shards[0])
     await setup.stream.merge_shards(shards[2], shards[3])
     await producer
+    await put_all(setup.stream, records[10_000:], chunk=100, pause=0.01)
     await setup.wait_rows(20_000, timeout=60)
 
     description = await setup.stream.describe()
