@@ -176,7 +176,7 @@ async def test_sigstop_past_lease_timeout_then_stale_commit_refused(setup: Setup
     await eventually(flowing, timeout=30, what="events flowing")
     stale.signal(signal.SIGSTOP)
     fresh = setup.spawn("fresh")
-    await eventually(lambda: _has(setup, "fresh", 2), timeout=30, what="fresh takes both shards after expiry")
+    await eventually(lambda: _has(setup, "fresh", 2), timeout=15, what="fresh takes both shards after expiry")
     await producer
     stale.signal(signal.SIGCONT)
     await setup.wait_rows(20_000)
