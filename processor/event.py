@@ -97,10 +97,23 @@ def new_event_id() -> str:
 def format_ts(epoch_seconds: float) -> str:
     """ISO-8601 UTC with milliseconds and a `Z`, the one form times take on the stream.
 
-    Cached: every event of a request shares its `received_at`, and batches often share `ts`.
+    Exactly what `datetime.fromtimestamp(epoch_seconds, UTC)` shows, truncated to milliseconds.
+    Cached, as events of a batch often share `ts`; the text of each whole second is cached too.
     """
-    dt = datetime.fromtimestamp(epoch_seconds, UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    fraction, whole = math.modf(epoch_seconds)
+    micros = round(fraction * 1e6)
+    if micros >= 1_000_000:
+        whole += 1
+        micros -= 1_000_000
+    elif micros < 0:
+        whole -= 1
+        micros += 1_000_000
+    return f"{_second_text(int(whole))}{micros // 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _second_text(second: int) -> str:
+    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
 
 
 def parse_ts(value: object, field: str = "ts") -> float:
@@ -178,11 +191,13 @@ def validate_event(
     ip: str | None = None,
     user_agent: str | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    received_at_text: str | None = None,
 ) -> dict[str, Any]:
     """The canonical event for one client object, or EventError naming the first bad field.
 
     `received_at` (epoch seconds), `ip` and `user_agent` come from the request; the client's
-    own `ip`/`user_agent` win when given, as Segment's `context.ip` does.
+    own `ip`/`user_agent` win when given, as Segment's `context.ip` does. `received_at_text`,
+    when given, is `format_ts(received_at)` computed once for the events of a request.
 
     One pass over the keys present for a good event; anything in doubt is decided by the
     field-by-field check (`_validate_strictly`), so errors always name the first bad field in
@@ -226,7 +241,7 @@ def validate_event(
         event["event_id"] = new_event_id()
     if seconds is not None:
         event["ts"] = format_ts(seconds)
-    event["received_at"] = format_ts(received_at)
+    event["received_at"] = received_at_text or format_ts(received_at)
     if ip is not None and "ip" not in event:
         event["ip"] = ip
     if user_agent is not None and "user_agent" not in event:

@@ -20,6 +20,7 @@ from processor.event import (
     Limits,
     encode_dead_letter,
     encode_event,
+    format_ts,
     new_event_id,
     partition_key,
     validate_event,
@@ -41,6 +42,7 @@ class Batch:
     received_at: float
     ip: str | None
     user_agent: str | None
+    received_at_text: str
     records: list[tuple[str, bytes]] = field(default_factory=list)
     accepted: int = 0
     rejected: list[dict[str, Any]] = field(default_factory=list)
@@ -56,7 +58,8 @@ class Intake:
         self.spool = spool
 
     def batch(self, ip: str | None, user_agent: str | None) -> Batch:
-        return Batch(time.time(), ip, user_agent)
+        now = time.time()
+        return Batch(now, ip, user_agent, format_ts(now))
 
     def add(self, batch: Batch, index: int, raw: object, source: bytes | None = None) -> str | None:
         """Add one client object as an event, or as a dead letter; the error, or None if accepted."""

@@ -4,6 +4,7 @@ the same error naming the same field."""
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from hypothesis import given, settings
@@ -15,6 +16,7 @@ from processor.event import (
     EventError,
     Limits,
     _validate_strictly,
+    format_ts,
     validate_event,
 )
 
@@ -80,3 +82,14 @@ def test_a_good_event_gets_the_server_fields() -> None:
         "ip": "10.0.0.1",
         "user_agent": "ua",
     }
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    seconds=st.floats(min_value=-2e9, max_value=4e9, allow_nan=False)
+    | st.integers(0, 4 * 10**12).map(lambda ms: ms / 1000)
+    | st.integers(0, 4 * 10**9).map(lambda s: s + 0.9999995)
+)
+def test_format_ts_shows_what_datetime_shows(seconds: float) -> None:
+    dt = datetime.fromtimestamp(seconds, UTC)
+    assert format_ts(seconds) == dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
