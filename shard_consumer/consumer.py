@@ -136,6 +136,9 @@ class Consumer:
                 log.warning("lease loop: %s", exc)
             except (RetriableError, FatalError) as exc:
                 log.warning("lease loop: %s", exc)
+            except Exception:
+                # a dead lease loop would let every lease lapse while the shards go on reading
+                log.exception("lease loop: unexpected error; carrying on")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), interval)
 
