@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from operator import attrgetter
 
 from processor.spool import Entry, Position
 
 __all__ = ["Buffer"]
+
+_SIZE = attrgetter("size")
 
 
 class Buffer:
@@ -45,6 +48,14 @@ class Buffer:
 
     def offer(self, entries: list[Entry]) -> None:
         """Hold newly written records in memory while they fit; else mark the spill."""
+        if self.spilled_at is None:
+            total = sum(map(_SIZE, entries))
+            if self._bytes + total <= self.max_bytes:
+                self._entries.extend(entries)
+                self._bytes += total
+                if entries:
+                    self.changed.set()
+                return
         for entry in entries:
             if self.spilled_at is not None:
                 break

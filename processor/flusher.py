@@ -18,8 +18,9 @@ import contextlib
 import logging
 import random
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Sequence
+from operator import attrgetter
 
 from processor import metrics
 from processor.buffer import Buffer
@@ -31,6 +32,7 @@ __all__ = ["Flusher"]
 
 log = logging.getLogger(__name__)
 
+_SIZE = attrgetter("size")
 RETRIABLE_CODES = frozenset({"ProvisionedThroughputExceededException", "InternalFailure"})
 THROTTLE_CODE = "ProvisionedThroughputExceededException"
 
@@ -66,7 +68,7 @@ class Flusher:
         self._ready: deque[Entry] = deque()
         self._unblocked: deque[Entry] = deque()
         self._waiting: dict[str, deque[Entry]] = {}
-        self._busy: Counter[str] = Counter()
+        self._busy: dict[str, int] = {}
         self._held_bytes = 0
         self._slots = asyncio.Semaphore(self.concurrency)
         self._settled = asyncio.Event()
@@ -150,8 +152,7 @@ class Flusher:
                 log.error("%s; skipping the rest of that segment", exc)
                 after = (spilled[0] + 1, 0)
             self.buffer.caught_up(after, self.spool.end)
-        for entry in entries:
-            self._held_bytes += entry.size
+        self._held_bytes += sum(map(_SIZE, entries))
         self._ready.extend(entries)
 
     def _build(self) -> list[Entry]:
@@ -176,19 +177,23 @@ class Flusher:
                 batch.append(entry)
                 keys.add(key)
                 size += entry.size
+        busy = self._busy
         for key in keys:
-            self._busy[key] += 1
+            busy[key] = busy.get(key, 0) + 1
         return batch
 
     def _settle(self, batch: Sequence[Entry]) -> None:
         """A batch is done (acked or given up): free its keys and let their waiters go next."""
+        busy = self._busy
         for key in {e.partition_key for e in batch}:
-            self._busy[key] -= 1
-            if self._busy[key] <= 0:
-                del self._busy[key]
-                waiters = self._waiting.pop(key, None)
-                if waiters:
-                    self._unblocked.extend(waiters)
+            left = busy[key] - 1
+            if left > 0:
+                busy[key] = left
+                continue
+            del busy[key]
+            waiters = self._waiting.pop(key, None)
+            if waiters:
+                self._unblocked.extend(waiters)
         self._slots.release()
         self.buffer.changed.set()
         self._settled.set()
@@ -253,7 +258,7 @@ class Flusher:
 
     def _done(self, entries: Sequence[Entry]) -> None:
         self.spool.ack(entries)
-        self._held_bytes -= sum(e.size for e in entries)
+        self._held_bytes -= sum(map(_SIZE, entries))
 
     def _backoff(self, attempt: int, *, throttled: bool) -> float:
         base = self.backoff_base * (4 if throttled else 1)

@@ -30,7 +30,7 @@ import logging
 import os
 import struct
 import zlib
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,9 +110,14 @@ class _Chunk:
 
 
 def frame(partition_key: str, data: bytes) -> bytes:
+    head = _key_head(partition_key)
+    return _HEADER.pack(MAGIC, len(head) + len(data), zlib.crc32(data, zlib.crc32(head))) + head + data
+
+
+def _key_head(partition_key: str) -> bytes:
+    """The key-length prefix and the key's UTF-8 bytes: a frame's payload up to the data."""
     key = partition_key.encode("utf-8")
-    payload = _KEY_LEN.pack(len(key)) + key + data
-    return _HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
+    return _KEY_LEN.pack(len(key)) + key
 
 
 def _frame_at(buf: bytes | memoryview, pos: int) -> tuple[str, bytes, int] | None:
@@ -304,14 +309,14 @@ class Spool:
 
     def ack(self, entries: Sequence[Entry]) -> None:
         """The stream holds these records: count them off, and delete segments fully acked."""
-        for entry in entries:
-            state = self._segments.get(entry.segment)
+        for segment, count in Counter(entry.segment for entry in entries).items():
+            state = self._segments.get(segment)
             if state is None:
                 continue
-            state.acked += 1
-            self._pending_events -= 1
+            state.acked += count
+            self._pending_events -= count
             if state.sealed and state.acked >= state.written:
-                self._retire(entry.segment)
+                self._retire(segment)
         self._publish()
 
     async def read(self, start: Position, max_bytes: int) -> tuple[list[Entry], Position]:
@@ -389,19 +394,29 @@ class Spool:
         chunk = _Chunk(segment)
         chunks.append(chunk)
         counts: dict[int, int] = {}
+        segment_bytes = self.segment_bytes
+        buf = chunk.data
+        in_chunk = 0
         for item in appends:
             for key, data in item.records:
-                framed = frame(key, data)
-                if size > 0 and size + len(framed) > self.segment_bytes:
+                head = _key_head(key)
+                framed = HEADER_BYTES + len(head) + len(data)
+                if size > 0 and size + framed > segment_bytes:
+                    counts[segment] = in_chunk
+                    in_chunk = 0
                     chunk.roll_after = True
                     segment += 1
                     size = 0
                     chunk = _Chunk(segment)
                     chunks.append(chunk)
+                    buf = chunk.data
                 entries.append(Entry(segment, size, key, data, len(data) + len(key)))
-                chunk.data += framed
-                size += len(framed)
-                counts[segment] = counts.get(segment, 0) + 1
+                buf += _HEADER.pack(MAGIC, framed - HEADER_BYTES, zlib.crc32(data, zlib.crc32(head)))
+                buf += head
+                buf += data
+                size += framed
+                in_chunk += 1
+        counts[segment] = in_chunk
         deletions, self._to_delete = self._to_delete, []
         do_sync = self.fsync == "always"
         if (
