@@ -47,18 +47,18 @@ class Module:
 
 
 MODULES: tuple[Module, ...] = (
-    Module("ingest", ("ingest_single", "ingest_batch"), 70, 10),
+    Module("ingest", ("ingest_single", "ingest_batch"), 70, 18),
     Module(
         "stream",
         ("stream_put", "stream_read", "stream_put_aggregated", "stream_read_aggregated"),
         100,
-        15,
+        14,
     ),
-    Module("consume", ("consume",), 60, 12),
-    Module("sink", ("sink_postgres", "sink_mysql"), 70, 10),
-    Module("leases_scale", ("leases_scale",), 40, 5),
-    Module("ingest_latency", ("ingest_stalled",), 40, 10),
-    Module("end_to_end", ("end_to_end", "end_to_end_kinesis"), 220, 58),
+    Module("consume", ("consume",), 60, 10),
+    Module("sink", ("sink_postgres", "sink_mysql"), 70, 6),
+    Module("leases_scale", ("leases_scale",), 40, 10),
+    Module("ingest_latency", ("ingest_stalled",), 40, 12),
+    Module("end_to_end", ("end_to_end", "end_to_end_kinesis"), 220, 50),
 )
 
 

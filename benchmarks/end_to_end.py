@@ -481,14 +481,14 @@ async def _drive(
 async def main_async(args: argparse.Namespace) -> int:
     settings = Settings(
         seconds=args.seconds if args.seconds is not None else (15.0 if args.quick else 60.0),
-        warmup=args.warmup if args.warmup is not None else (2.0 if args.quick else 10.0),
+        warmup=args.warmup if args.warmup is not None else (1.5 if args.quick else 10.0),
         copy_rows=args.copy_rows if args.copy_rows is not None else (20_000 if args.quick else 100_000),
         copy_rounds=3 if args.quick else 5,
         generators=args.generators,
         connections=args.connections,
         workers=args.workers,
         backlog_seconds=args.backlog_seconds,
-        settle=args.settle if args.settle is not None else (3.0 if args.quick else 10.0),
+        settle=args.settle if args.settle is not None else (2.0 if args.quick else 10.0),
         drain_timeout=args.drain_timeout,
     )
     if not (ROOT / "processor" / "cli.py").exists():
@@ -512,12 +512,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.end_to_end", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--quick", action="store_true", help="15 s window after a 2 s warm-up")
+    parser.add_argument("--quick", action="store_true", help="15 s window after a 1.5 s warm-up")
     parser.add_argument(
         "--only", action="append", choices=("embedded", "kinesis"), help="run one stream kind (repeatable)"
     )
     parser.add_argument("--seconds", type=float, help="measurement window (default 60, quick 15)")
-    parser.add_argument("--warmup", type=float, help="full-speed warm-up (default 10, quick 2)")
+    parser.add_argument("--warmup", type=float, help="full-speed warm-up (default 10, quick 1.5)")
     parser.add_argument("--copy-rows", type=int, help="rows per COPY round (default 100000, quick 20000)")
     parser.add_argument("--generators", type=int, default=1, help="load-generator processes")
     parser.add_argument("--connections", type=int, default=16, help="HTTP connections per generator")

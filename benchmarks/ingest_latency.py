@@ -87,7 +87,7 @@ def _start_ingest(uri: str, data_dir: Path, port: int) -> subprocess.Popen[bytes
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    seconds = args.seconds or (3.0 if args.quick else 10.0)
+    seconds = args.seconds or (2.5 if args.quick else 10.0)
     monitor = RssMonitor().start()
     with tempfile.TemporaryDirectory(prefix="sf-lat-") as tmp, kinesalite_server() as (endpoint, kinesalite):
         monitor.watch("kinesalite", kinesalite.pid)
@@ -125,7 +125,7 @@ async def main_async(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ingest_latency")
-    parser.add_argument("--quick", action="store_true", help="3 s per phase instead of 10")
+    parser.add_argument("--quick", action="store_true", help="2.5 s per phase instead of 10")
     parser.add_argument("--rate", type=float, default=10_000.0, help="events/s offered in both phases")
     parser.add_argument("--seconds", type=float, help="length of each phase")
     args = parser.parse_args(argv)
