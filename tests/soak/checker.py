@@ -168,6 +168,11 @@ async def unread_shards(stream_uri: str, checkpoints: dict[str, str]) -> list[st
         await stream.close()
 
 
+def stream_name(stream_uri: str) -> str:
+    """The name checkpoints are kept under (`shardflow` for an embedded stream without `?name=`)."""
+    return str(open_stream(stream_uri).name)
+
+
 async def shard_parents(stream_uri: str) -> dict[str, tuple[str, ...]]:
     stream = open_stream(stream_uri)
     try:

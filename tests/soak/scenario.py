@@ -17,7 +17,7 @@ import orjson
 from tests.soak import checker, schedule
 from tests.soak.load import RETRY_FOR
 from tests.soak.schedule import Fault, Kind
-from tests.soak.topology import ROOT, STREAM_NAME, Proc, Topology
+from tests.soak.topology import ROOT, Proc, Topology
 
 __all__ = ["Options", "run"]
 
@@ -208,7 +208,7 @@ def run(opts: Options) -> int:
         say(f"{r.stamp()} {'drained' if drained else 'NOT drained before the deadline'}; stopping gracefully")
         exits = _stop_all(topo.front_ends, 40) | _stop_all(topo.consumers, 60)
         bad_exits = {n: c for n, c in exits.items() if c != 0}
-        wh = asyncio.run(checker.read_warehouse(topo.warehouse_url, STREAM_NAME))
+        wh = asyncio.run(checker.read_warehouse(topo.warehouse_url, checker.stream_name(topo.admin_stream)))
         parents = asyncio.run(checker.shard_parents(topo.admin_stream))
         report = checker.check(client, wh, parents)
         if generator.returncode != 0:
@@ -253,7 +253,9 @@ def _drain(r: Run, topo: Topology, client: checker.ClientLog, timeout: float) ->
     while time.monotonic() < deadline:
         r.watch()
         try:
-            wh = asyncio.run(checker.read_warehouse(topo.warehouse_url, STREAM_NAME))
+            wh = asyncio.run(
+                checker.read_warehouse(topo.warehouse_url, checker.stream_name(topo.admin_stream))
+            )
         except Exception as exc:  # the warehouse may still be coming back
             last = f"warehouse: {exc}"
             time.sleep(1)
