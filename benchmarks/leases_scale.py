@@ -16,7 +16,8 @@ valid, which must be 0.
 
 The JSON line: `shardflow` = lease-table row writes/s at steady state (unit events/s: write
 events), `limit` = the KCL's model at the same settings (every lease renewed every
-lease_timeout/3, one row write each), lower is better; convergence times are extra fields.
+lease_timeout/3, one conditional write request each), lower is better. `write_statements_per_s`
+counts statements: a consumer renews all its leases in one. Convergence times are extra fields.
 """
 
 from __future__ import annotations
@@ -250,11 +251,11 @@ class Workers:
         self.procs.append((proc, counts))
         return proc
 
-    def rows_written(self) -> int:
+    def rows_written(self, key: str = "rows") -> int:
         total = 0
         for _, counts in self.procs:
             try:
-                total += json.loads(counts.read_text())["rows"]
+                total += json.loads(counts.read_text())[key]
             except (OSError, ValueError):
                 pass
         return total
@@ -357,9 +358,15 @@ async def _simulate(args: argparse.Namespace, uri: str, tmp: Path) -> dict[str, 
             workers.start(f"p{p}", per_proc)
         t_start = await time_to_converge(warehouse, args.consumers, started, args.timeout)
 
-        rows_before, t0 = workers.rows_written(), time.monotonic()
+        rows_before, calls_before, t0 = (
+            workers.rows_written(),
+            workers.rows_written("calls"),
+            time.monotonic(),
+        )
         await asyncio.sleep(args.steady)
-        writes_per_s = (workers.rows_written() - rows_before) / (time.monotonic() - t0)
+        elapsed = time.monotonic() - t0
+        writes_per_s = (workers.rows_written() - rows_before) / elapsed
+        statements_per_s = (workers.rows_written("calls") - calls_before) / elapsed
 
         victim, _ = workers.procs[0]
         assert victim.stdin is not None
@@ -390,6 +397,8 @@ async def _simulate(args: argparse.Namespace, uri: str, tmp: Path) -> dict[str, 
         processes=args.processes,
         lease_timeout_s=args.lease_timeout,
         renew_s=args.renew,
+        write_statements_per_s=round(statements_per_s, 1),
+        kcl_write_requests_per_s=round(kcl_model, 1),
         converge_start_s=round(t_start, 2),
         converge_after_vanish_s=round(t_vanish, 2),
         converge_after_join_s=round(t_join, 2),
