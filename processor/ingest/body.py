@@ -55,6 +55,13 @@ async def read_body(request: web.Request, max_body: int, timeout: float) -> byte
         raise RequestError(Problem.TOO_LARGE, f"body of {length} bytes is over the {max_body}-byte limit")
     if length is not None and length == 0:
         return b""
+    content = request.content
+    if content.is_eof():
+        # The whole body arrived with the headers (most small requests): no wait, no timer.
+        body = content.read_nowait()
+        if len(body) > max_body:
+            raise RequestError(Problem.TOO_LARGE, f"body is over the {max_body}-byte limit")
+        return body
     chunks: list[bytes] = []
     total = 0
     try:
