@@ -153,6 +153,9 @@ class Stream(Protocol):
     """A Kinesis-like stream. Implementations are safe to share between tasks of one loop."""
 
     name: str
+    max_put_records: int
+    """User records one `put_records` call may take: 500 (`MAX_PUT_RECORDS`) for plain streams;
+    more for a stream that packs them into fewer Kinesis records (KPL aggregation)."""
 
     async def create(self, shard_count: int) -> None:
         """Create the stream with `shard_count` shards over the whole hash-key space; wait until ACTIVE.
@@ -166,8 +169,10 @@ class Stream(Protocol):
         ...
 
     async def put_records(self, records: Sequence[PutRecord]) -> list[PutResult]:
-        """Append up to 500 records (5 MiB) as one PutRecords call; one result per record, in order.
+        """Append up to `max_put_records` records; one result per record, in order.
 
+        A plain stream sends them as one PutRecords call (at most 500 records and 5 MiB); an
+        aggregating stream may pack and split them over several calls, each within every limit.
         Raises InvalidRequest before sending when a limit is broken.
         """
         ...

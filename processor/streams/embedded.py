@@ -62,6 +62,8 @@ T = TypeVar("T")
 class EmbeddedStream:
     """A Kinesis-like stream stored in the SQLite file `path` under the stream name `name`."""
 
+    max_put_records = MAX_PUT_RECORDS
+
     def __init__(
         self,
         path: str | Path,

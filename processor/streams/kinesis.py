@@ -74,7 +74,7 @@ from processor.streams.kpl import AggregateBuilder, deaggregate
 from processor.streams.ratelimit import ReadPacer, ShardLimits, WriteLimiter
 from processor.uris import query_params
 
-__all__ = ["KinesisOptions", "KinesisStream"]
+__all__ = ["AGGREGATED_PUT_RECORDS", "KinesisOptions", "KinesisStream"]
 
 _THROTTLE_CODES = frozenset(
     {"ProvisionedThroughputExceededException", "LimitExceededException", "ThrottlingException"}
@@ -92,6 +92,15 @@ _ACCESS_CODES = frozenset(
     }
 )
 _RETRY_RECORD_CODES = frozenset({"ProvisionedThroughputExceededException", "InternalFailure"})
+AGGREGATED_PUT_RECORDS = 10_000
+"""User records one `put_records` call takes when aggregating.
+
+Kinesis bounds a PutRecords request at 500 records of <= 1 MiB and 5 MiB in all; aggregated,
+10,000 events of a few hundred bytes pack into about 2-3 MiB, a handful of KPL records per shard:
+one request, well under 5 MiB, carrying 20 times what 500 plain records do. Larger events split
+into several requests inside one call. Not more, because a call is the flusher's unit of retry
+and of memory in flight (concurrency x this many events) and ingest latency grows with it.
+"""
 _SHARD_MAP_TTL = 30.0
 _ITERATOR_MEMORY = 50_000
 _CREATE_WAIT = 300.0
@@ -122,6 +131,25 @@ def _epoch_seconds(value: object) -> float:
         return float(str(value))
     except ValueError:
         return float(parse_timestamp(str(value)).timestamp())
+
+
+def _requests(
+    packed: Sequence[tuple[_Outgoing, list[int]]],
+) -> list[Sequence[tuple[_Outgoing, list[int]]]]:
+    """`packed` cut, in order, into PutRecords requests of <= 500 records and <= 5 MiB."""
+    requests: list[Sequence[tuple[_Outgoing, list[int]]]] = []
+    start = 0
+    while start < len(packed):
+        end, size = start, 0
+        while end < len(packed) and end - start < MAX_PUT_RECORDS:
+            rec_size = packed[end][0].size
+            if end > start and size + rec_size > MAX_PUT_BYTES:
+                break
+            size += rec_size
+            end += 1
+        requests.append(packed[start:end])
+        start = end
+    return requests
 
 
 class _InUse(InvalidRequest):
@@ -216,6 +244,7 @@ class KinesisStream:
     def __init__(self, options: KinesisOptions) -> None:
         self.options = options
         self.name = options.name
+        self.max_put_records = AGGREGATED_PUT_RECORDS if options.aggregate else MAX_PUT_RECORDS
         self._exit = contextlib.AsyncExitStack()
         self._client: Any = None
         self._client_lock = asyncio.Lock()
@@ -492,6 +521,10 @@ class KinesisStream:
     async def put_records(self, records: Sequence[PutRecord]) -> list[PutResult]:
         if not records:
             return []
+        if len(records) > self.max_put_records:
+            raise InvalidRequest(
+                f"put_records takes at most {self.max_put_records} records here, got {len(records)}"
+            )
         await self._shard_map()
         predict = self._predict
         outgoing: list[_Outgoing] = []
@@ -612,23 +645,55 @@ class KinesisStream:
             members[o.shard_id].append(i)
         for sid in list(builders):
             seal(sid)
-        results: list[PutResult] = [PutResult(error_code="InternalFailure")] * len(outgoing)
-        start = 0
-        while start < len(packed):
-            end, size = start, 0
-            while end < len(packed) and end - start < MAX_PUT_RECORDS:
-                rec_size = packed[end][0].size
-                if end > start and size + rec_size > MAX_PUT_BYTES:
-                    break
-                size += rec_size
-                end += 1
-            chunk = packed[start:end]
-            answers = await self._put_call([p[0] for p in chunk])
-            for (_, index), answer in zip(chunk, answers, strict=True):
+        return await self._send_packed(packed, len(outgoing))
+
+    async def _send_packed(
+        self, packed: Sequence[tuple[_Outgoing, list[int]]], count: int
+    ) -> list[PutResult]:
+        """Send aggregated records in as few PutRecords calls as the limits allow, one at a time.
+
+        Per-key order holds across calls: once an aggregated record of a shard fails, later ones
+        of that shard are not sent but fail alike, and after a whole call fails nothing more is
+        sent. A whole-call failure raises only while nothing is acknowledged; afterwards it
+        becomes a retryable per-record failure, so the caller resends only what did not land.
+        """
+        results: list[PutResult | None] = [None] * count
+        held: dict[str | None, PutResult] = {}
+        acknowledged = False
+        stopped: PutResult | None = None
+        for request in _requests(packed):
+            to_send: list[tuple[_Outgoing, list[int]]] = []
+            for record, index in request:
+                failure = stopped or held.get(record.shard_id)
+                if failure is None:
+                    to_send.append((record, index))
+                    continue
+                for i in index:
+                    results[i] = failure
+            if not to_send:
+                continue
+            try:
+                answers = await self._put_call([p[0] for p in to_send])
+            except ShardflowError as exc:
+                if not acknowledged:
+                    raise
+                code = (
+                    "ProvisionedThroughputExceededException"
+                    if isinstance(exc, Throttled)
+                    else "InternalFailure"
+                )
+                stopped = PutResult(error_code=code, error_message=str(exc))
+                answers = [stopped] * len(to_send)
+            for (record, index), answer in zip(to_send, answers, strict=True):
+                if answer.ok:
+                    acknowledged = True
+                else:
+                    held.setdefault(record.shard_id, answer)
                 for i in index:
                     results[i] = answer
-            start = end
-        return results
+        done = [r for r in results if r is not None]
+        assert len(done) == count, "every user record has an answer"
+        return done
 
     # --- reads ------------------------------------------------------------------------------
 

@@ -1,0 +1,165 @@
+"""Aggregated puts of more than 500 user records: every real Kinesis limit holds on what is sent.
+
+The fault proxy sits in front of kinesalite and records each PutRecords request as it passes, so
+the tests count the calls and weigh them as Kinesis would (data plus partition key).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import pytest
+from aiohttp import web
+
+from processor.errors import InvalidRequest
+from processor.streams.base import (
+    MAX_PUT_BYTES,
+    MAX_PUT_RECORDS,
+    MAX_RECORD_BYTES,
+    IteratorType,
+    PutRecord,
+)
+from processor.streams.embedded import EmbeddedStream
+from processor.streams.kinesis import AGGREGATED_PUT_RECORDS, KinesisStream, _Outgoing, _requests
+from processor.streams.kpl import deaggregate
+from tests.support.kinesis_faults import KinesisFaultProxy
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    records: int
+    bytes: int
+    largest: int
+
+
+class WeighingProxy(KinesisFaultProxy):
+    """The fault proxy, also noting the record count and bytes of every PutRecords request."""
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(upstream)
+        self.requests: list[Request] = []
+
+    async def _put_records(self, request: web.Request, body: bytes) -> web.Response:
+        entries = orjson.loads(body)["Records"]
+        sizes = [len(base64.b64decode(e["Data"])) + len(e["PartitionKey"].encode()) for e in entries]
+        self.requests.append(Request(len(sizes), sum(sizes), max(sizes)))
+        return await super()._put_records(request, body)
+
+
+@pytest.fixture
+async def proxy(kinesalite_endpoint: str) -> AsyncIterator[WeighingProxy]:
+    p = WeighingProxy(kinesalite_endpoint)
+    async with p:
+        yield p
+
+
+def uri(name: str, endpoint: str) -> str:
+    return f"kinesis://{name}?region=us-east-1&endpoint={endpoint}&limits=off&idle_wait=0"
+
+
+def events(n: int, size: int) -> list[PutRecord]:
+    return [
+        PutRecord(orjson.dumps({"event_id": f"e{i}", "pad": "x" * size}), f"anon-{i % 97}") for i in range(n)
+    ]
+
+
+async def read_all(stream: KinesisStream) -> dict[str, list[tuple[str, bytes, int]]]:
+    """Per shard, every user record as (sequence number, data, sub-sequence), in stream order."""
+    out: dict[str, list[tuple[str, bytes, int]]] = {}
+    for shard in (await stream.describe()).shards:
+        got_all = out.setdefault(shard.shard_id, [])
+        iterator: str | None = await stream.get_shard_iterator(shard.shard_id, IteratorType.TRIM_HORIZON)
+        while iterator is not None:
+            got = await stream.get_records(iterator)
+            got_all.extend((r.sequence_number, r.data, r.sub_sequence_number) for r in got.records)
+            iterator = got.next_iterator
+            if not got.records and got.millis_behind_latest == 0:
+                break
+    return out
+
+
+def test_max_put_records_says_how_many_user_records_a_call_takes(tmp_path: Path) -> None:
+    assert KinesisStream.from_uri("kinesis://s?region=us-east-1").max_put_records == MAX_PUT_RECORDS
+    aggregating = KinesisStream.from_uri("kinesis://s?region=us-east-1", aggregate=True)
+    assert aggregating.max_put_records == AGGREGATED_PUT_RECORDS >= 20 * MAX_PUT_RECORDS
+    assert EmbeddedStream(tmp_path / "s.db").max_put_records == MAX_PUT_RECORDS
+
+
+async def test_5000_events_round_trip_in_order_within_every_limit(
+    proxy: WeighingProxy, kinesalite_endpoint: str, stream_name: str
+) -> None:
+    records = events(5000, 1500)
+    assert sum(len(r.data) for r in records) > MAX_PUT_BYTES, "too much for one request"
+    async with (
+        KinesisStream.from_uri(uri(stream_name, proxy.endpoint), aggregate=True) as writer,
+        KinesisStream.from_uri(uri(stream_name, kinesalite_endpoint)) as reader,
+    ):
+        await writer.create(3)
+        results = await writer.put_records(records)
+        assert all(r.ok for r in results)
+
+        sent = proxy.requests
+        assert len(sent) == proxy.calls["PutRecords"] >= 2
+        assert all(1 <= r.records <= MAX_PUT_RECORDS for r in sent)
+        assert all(r.bytes <= MAX_PUT_BYTES for r in sent)
+        assert all(r.largest <= MAX_RECORD_BYTES for r in sent)
+        assert sum(r.records for r in sent) < 30, "5,000 events travel as a few dozen Kinesis records"
+        assert all(deaggregate(p.data) is not None for p in proxy.put_log)
+
+        by_shard = await read_all(reader)
+        assert sum(map(len, by_shard.values())) == len(records)
+        for shard_id, stored in by_shard.items():
+            mine = [(res, rec) for res, rec in zip(results, records, strict=True) if res.shard_id == shard_id]
+            assert [d for _, d, _ in stored] == [rec.data for _, rec in mine], "each shard in put order"
+            assert [s for s, _, _ in stored] == [res.sequence_number for res, _ in mine]
+
+
+async def test_a_failed_request_holds_back_later_records_of_its_shards(
+    proxy: WeighingProxy, kinesalite_endpoint: str, stream_name: str
+) -> None:
+    records = events(5000, 1500)
+    async with (
+        KinesisStream.from_uri(uri(stream_name, proxy.endpoint), aggregate=True) as writer,
+        KinesisStream.from_uri(uri(stream_name, kinesalite_endpoint)) as reader,
+    ):
+        await writer.create(1)
+        proxy.fail_records(lambda _: True, calls=1)
+        results = await writer.put_records(records)
+        assert proxy.calls["PutRecords"] == 1, "nothing of the shard sent after its first request failed"
+        assert all(r.error_code == "ProvisionedThroughputExceededException" for r in results)
+
+        results = await writer.put_records(records)
+        assert all(r.ok for r in results)
+        stored = [d for shard in (await read_all(reader)).values() for _, d, _ in shard]
+        assert sorted(stored) == sorted(r.data for r in records), "everything once, nothing twice"
+
+
+async def test_more_than_max_put_records_is_refused_before_sending(
+    proxy: WeighingProxy, stream_name: str
+) -> None:
+    async with KinesisStream.from_uri(uri(stream_name, proxy.endpoint), aggregate=True) as writer:
+        await writer.create(1)
+        with pytest.raises(InvalidRequest, match=str(AGGREGATED_PUT_RECORDS)):
+            await writer.put_records(events(AGGREGATED_PUT_RECORDS + 1, 10))
+        assert proxy.calls["PutRecords"] == 0
+
+
+def test_requests_hold_at_most_500_records_and_5_mib() -> None:
+    """More aggregated records than one request takes needs hundreds of shards, so the planner
+    is checked on its own with records of chosen sizes."""
+
+    def packed(sizes: list[int]) -> list[tuple[_Outgoing, list[int]]]:
+        return [(_Outgoing(b"", "k", None, size, "s", 0), [i]) for i, size in enumerate(sizes)]
+
+    small = _requests(packed([100] * 1201))
+    assert [len(r) for r in small] == [500, 500, 201]
+    big = _requests(packed([MAX_RECORD_BYTES] * 11))
+    assert [len(r) for r in big] == [5, 5, 1]
+    mixed = _requests(packed([MAX_RECORD_BYTES - 10] * 6 + [10] * 3))
+    assert [len(r) for r in mixed] == [5, 4]
+    assert all(sum(o.size for o, _ in r) <= MAX_PUT_BYTES for r in mixed)
+    assert [i for r in mixed for _, index in r for i in index] == list(range(9)), "order kept"
