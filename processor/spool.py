@@ -469,10 +469,21 @@ class Spool:
     async def _fsync_loop(self) -> None:
         while True:
             await asyncio.sleep(self.fsync_interval)
-            if self._dirty and self._fd is not None:
-                self._dirty = False
-                # A duplicate, so the writer may roll (close) the segment while this fsync runs.
-                await asyncio.to_thread(_fsync_and_close, os.dup(self._fd))
+            if not self._dirty:
+                continue
+            # Under the lock: a roll closes and reopens the fd in a thread, and a duplicate of a
+            # number closed in between would be EBADF (or worse, someone else's file).
+            async with self._io_lock:
+                fd = None if self._fd is None else os.dup(self._fd)
+            if fd is None:
+                continue
+            self._dirty = False
+            # A duplicate, so the writer may roll (close) the segment while this fsync runs.
+            try:
+                await asyncio.to_thread(_fsync_and_close, fd)
+            except OSError as exc:
+                self._dirty = True
+                log.error("spool fsync failed, retrying: %s", exc)
 
     def _publish(self) -> None:
         metrics.SPOOL_BYTES.set(self._size)
