@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,18 @@ KNOWN = (
 )
 
 
+def _kill_what_is_left(runner: subprocess.Popen[str], workdir: Path) -> None:
+    """On a timeout, the runner's whole process group (front ends, consumers, kinesalite) and its mounts."""
+    if runner.poll() is None:
+        os.killpg(runner.pid, signal.SIGKILL)
+        runner.wait(10)
+    mounts = Path("/proc/mounts").read_text().split("\n")
+    for line in mounts:
+        fields = line.split()
+        if len(fields) > 1 and fields[1].startswith(str(workdir)):
+            subprocess.run(["umount", "-l", fields[1]], capture_output=True, check=False)
+
+
 def test_30s_soak_with_every_fault_loses_and_doubles_nothing(tmp_path: Path) -> None:
     if not (ROOT / "node_modules" / "kinesalite").is_dir():
         pytest.skip("kinesalite not installed (npm install)")
@@ -42,18 +55,22 @@ def test_30s_soak_with_every_fault_loses_and_doubles_nothing(tmp_path: Path) -> 
         pass
     workdir = tmp_path / "soak"
     env = {**os.environ, "SHARDFLOW_TEST_POSTGRES_DSN": POSTGRES_DSN, "PYTHONUNBUFFERED": "1"}
-    done = subprocess.run(
+    runner = subprocess.Popen(
         [sys.executable, "-m", "tests.soak", "--seconds", "30", "--seed", "8", "--rate", "200",
-         "--drain-timeout", "60", "--workdir", str(workdir)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=140,
+         "--drain-timeout", "45", "--stop-timeout", "12", "--workdir", str(workdir)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
     )  # fmt: skip
-    output = done.stdout + done.stderr
+    try:
+        output, _ = runner.communicate(timeout=140)
+    finally:
+        _kill_what_is_left(runner, workdir)
     assert (workdir / "report.json").exists(), output
     report = orjson.loads((workdir / "report.json").read_bytes())["report"]
     assert report["acknowledged"] > 3000, output
     assert (report["lost"], report["duplicates"], report["never_sent"]) == (0, 0, 0), output
     assert report["loaded"] >= report["acknowledged"], output
-    if done.returncode == 0:
+    if runner.returncode == 0:
         return
     unknown = [f for f in report["failures"] if not any(re.match(k, f) for k, _ in KNOWN)]
     assert not unknown, output

@@ -22,6 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warehouse", choices=("postgres", "mysql"), default="postgres")
     parser.add_argument("--rate", type=float, default=300.0, help="events per second (default 300)")
     parser.add_argument("--drain-timeout", type=float, default=120.0, help="seconds to drain after the load")
+    parser.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a drained graceful stop may take (default 30)",
+    )
     parser.add_argument("--workdir", type=Path, help="keep logs and data here (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir even when the run passes")
     args = parser.parse_args(argv)
@@ -36,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         rate=args.rate,
         workdir=workdir.resolve(),
         drain_timeout=args.drain_timeout,
+        stop_timeout=args.stop_timeout,
     )
     code = run(opts)
     if code == 0 and not args.keep and args.workdir is None:

@@ -31,6 +31,8 @@ class Options:
     rate: float = 300.0
     workdir: Path = Path("/tmp")
     drain_timeout: float = 120.0
+    stop_timeout: float = 30.0
+    """Seconds a graceful stop (SIGTERM) may take before SIGKILL, once the pipeline has drained."""
 
 
 def say(text: str) -> None:
@@ -206,7 +208,7 @@ def run(opts: Options) -> int:
         client = checker.read_client_log(load_dir)
         drained = _drain(r, topo, client, opts.drain_timeout)
         say(f"{r.stamp()} {'drained' if drained else 'NOT drained before the deadline'}; stopping gracefully")
-        exits = _stop_all(topo.front_ends, 40) | _stop_all(topo.consumers, 60)
+        exits = _stop_all(topo.front_ends, opts.stop_timeout) | _stop_all(topo.consumers, opts.stop_timeout)
         bad_exits = {n: c for n, c in exits.items() if c != 0}
         wh = asyncio.run(checker.read_warehouse(topo.warehouse_url, checker.stream_name(topo.admin_stream)))
         parents = asyncio.run(checker.shard_parents(topo.admin_stream))

@@ -139,7 +139,7 @@ async def test_a_full_disk_is_answered_503_and_once_freed_the_front_end_takes_ev
     stream = EmbeddedStream.from_uri(f"sqlite:///{small_disk.parent}/stream.db")
     await stream.create(1)
     try:
-        async with asyncio.timeout(15):
+        async with asyncio.timeout(8):
             async with FrontEnd(_disk_config(small_disk), stream) as front, aiohttp.ClientSession() as client:
                 url = f"http://127.0.0.1:{front.port}/v1/events"
                 filler, statuses = await _post_while_full(small_disk, client, url)
