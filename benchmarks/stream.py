@@ -113,7 +113,7 @@ class Bench:
         async with KinesisStream.from_uri(self.uri(name), aggregate=aggregate) as stream:
             await stream.describe()
             started = time.perf_counter()
-            batch = 500
+            batch = stream.max_put_records
             queue = [events[i : i + batch] for i in range(0, len(events), batch)]
 
             async def worker() -> None:

@@ -104,6 +104,7 @@ and of memory in flight (concurrency x this many events) and ingest latency grow
 _SHARD_MAP_TTL = 30.0
 _ITERATOR_MEMORY = 50_000
 _CREATE_WAIT = 300.0
+_KEY_MEMORY = 65_536
 
 
 _hash_key = functools.lru_cache(maxsize=65_536)(hash_key)
@@ -256,6 +257,8 @@ class KinesisStream:
         self._writes = WriteLimiter(options.limits)
         self._reads = ReadPacer(options.limits)
         self._iterator_shard: OrderedDict[str, str] = OrderedDict()
+        self._key_shards: dict[str, tuple[int, int, str | None]] = {}
+        """Partition key -> (hash key, its size in bytes, predicted shard), for this shard map."""
         self._closed = False
 
     @classmethod
@@ -429,6 +432,7 @@ class KinesisStream:
         self._shards = tuple(shards)
         self._open = sorted((s for s in shards if s.is_open), key=lambda s: s.starting_hash_key)
         self._open_starts = [s.starting_hash_key for s in self._open]
+        self._key_shards.clear()
         self._shards_at = time.monotonic()
         return self._shards
 
@@ -526,22 +530,9 @@ class KinesisStream:
                 f"put_records takes at most {self.max_put_records} records here, got {len(records)}"
             )
         await self._shard_map()
-        predict = self._predict
-        outgoing: list[_Outgoing] = []
-        for r in records:
-            key_len = len(r.partition_key)
-            if not 1 <= key_len <= 256:
-                raise InvalidRequest(f"partition key must be 1 to 256 characters, got {key_len}")
-            size = len(r.data) + (key_len if r.partition_key.isascii() else len(r.partition_key.encode()))
-            if size > MAX_RECORD_BYTES:
-                raise InvalidRequest(f"record of {size} bytes is over the 1 MiB Kinesis limit")
-            explicit = r.explicit_hash_key
-            if explicit is not None and not 0 <= explicit <= MAX_HASH_KEY:
-                raise InvalidRequest(f"explicit hash key {explicit} is outside 0..2^128-1")
-            key = explicit if explicit is not None else _hash_key(r.partition_key)
-            outgoing.append(_Outgoing(r.data, r.partition_key, explicit, size, predict(key), key))
         if self.options.aggregate:
-            return await self._put_aggregated(outgoing)
+            return await self._put_aggregated(records)
+        outgoing = [self._outgoing(r) for r in records]
         total = sum(o.size for o in outgoing)
         if len(outgoing) > MAX_PUT_RECORDS or total > MAX_PUT_BYTES:
             raise InvalidRequest(
@@ -549,6 +540,20 @@ class KinesisStream:
                 f"records of {total} bytes"
             )
         return await self._put_call(outgoing)
+
+    def _outgoing(self, r: PutRecord) -> _Outgoing:
+        """`r` checked against the per-record Kinesis limits, sized, and placed on the shard map."""
+        key_len = len(r.partition_key)
+        if not 1 <= key_len <= 256:
+            raise InvalidRequest(f"partition key must be 1 to 256 characters, got {key_len}")
+        size = len(r.data) + (key_len if r.partition_key.isascii() else len(r.partition_key.encode()))
+        if size > MAX_RECORD_BYTES:
+            raise InvalidRequest(f"record of {size} bytes is over the 1 MiB Kinesis limit")
+        explicit = r.explicit_hash_key
+        if explicit is not None and not 0 <= explicit <= MAX_HASH_KEY:
+            raise InvalidRequest(f"explicit hash key {explicit} is outside 0..2^128-1")
+        key = explicit if explicit is not None else _hash_key(r.partition_key)
+        return _Outgoing(r.data, r.partition_key, explicit, size, self._predict(key), key)
 
     def _predict(self, key: int) -> str | None:
         """The open shard of the cached map whose range holds `key` (None if the map has a gap)."""
@@ -608,44 +613,58 @@ class KinesisStream:
             self._shards_at = -_SHARD_MAP_TTL
         return results
 
-    async def _put_aggregated(self, outgoing: Sequence[_Outgoing]) -> list[PutResult]:
+    async def _put_aggregated(self, records: Sequence[PutRecord]) -> list[PutResult]:
         """Pack records per predicted shard into KPL records of <= 1 MiB, send, map results back.
 
         Each aggregated record carries the hash key of its first sub-record as ExplicitHashKey,
-        so it lands on the shard its sub-records were predicted for.
+        so it lands on the shard its sub-records were predicted for. Every record is checked
+        before anything is sent; a partition key seen before skips its MD5 and shard look-up.
         """
-        builders: dict[str | None, AggregateBuilder] = {}
-        members: dict[str | None, list[int]] = {}
+        known = self._key_shards
+        if len(known) > _KEY_MEMORY:
+            known.clear()
+        open_packs: dict[str | None, tuple[AggregateBuilder, list[int], int]] = {}
         packed: list[tuple[_Outgoing, list[int]]] = []
 
         def seal(sid: str | None) -> None:
-            builder = builders.pop(sid)
-            index = members.pop(sid)
-            first = outgoing[index[0]]
+            builder, index, first_key = open_packs.pop(sid)
+            assert builder.partition_key is not None
             data = builder.build()
             packed.append(
-                (_Outgoing(data, first.partition_key, first.key, builder.size, sid, first.key), index)
+                (_Outgoing(data, builder.partition_key, first_key, builder.size, sid, first_key), index)
             )
 
-        for i, o in enumerate(outgoing):
-            ehk = str(o.explicit_hash_key) if o.explicit_hash_key is not None else None
-            builder = builders.get(o.shard_id)
-            if builder is not None and not builder.try_add_parts(
-                o.partition_key, o.data, ehk, MAX_RECORD_BYTES
-            ):
-                seal(o.shard_id)
-                builder = None
-            if builder is None:
+        for i, r in enumerate(records):
+            partition_key = r.partition_key
+            data = r.data
+            hit = known.get(partition_key) if r.explicit_hash_key is None else None
+            if hit is not None:
+                key, key_size, sid = hit
+                if len(data) + key_size > MAX_RECORD_BYTES:
+                    raise InvalidRequest(
+                        f"record of {len(data) + key_size} bytes is over the 1 MiB Kinesis limit"
+                    )
+                ehk = None
+            else:
+                o = self._outgoing(r)
+                key, sid = o.key, o.shard_id
+                ehk = None if o.explicit_hash_key is None else str(o.explicit_hash_key)
+                if ehk is None:
+                    known[partition_key] = (key, o.size - len(data), sid)
+            pack = open_packs.get(sid)
+            if pack is not None and not pack[0].try_add_parts(partition_key, data, ehk, MAX_RECORD_BYTES):
+                seal(sid)
+                pack = None
+            if pack is None:
                 builder = AggregateBuilder()
-                if not builder.try_add_parts(o.partition_key, o.data, ehk, MAX_RECORD_BYTES):
-                    packed.append((o, [i]))
+                if not builder.try_add_parts(partition_key, data, ehk, MAX_RECORD_BYTES):
+                    packed.append((self._outgoing(r), [i]))
                     continue
-                builders[o.shard_id] = builder
-                members[o.shard_id] = []
-            members[o.shard_id].append(i)
-        for sid in list(builders):
+                pack = open_packs[sid] = (builder, [], key)
+            pack[1].append(i)
+        for sid in list(open_packs):
             seal(sid)
-        return await self._send_packed(packed, len(outgoing))
+        return await self._send_packed(packed, len(records))
 
     async def _send_packed(
         self, packed: Sequence[tuple[_Outgoing, list[int]]], count: int

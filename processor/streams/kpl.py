@@ -66,6 +66,7 @@ _RECORD_TAG = _varint(3 << 3 | 2)
 _KEY_INDEX_TAG = _varint(1 << 3 | 0)
 _HASH_INDEX_TAG = _varint(2 << 3 | 0)
 _DATA_TAG = _varint(3 << 3 | 2)
+_OVERHEAD = len(MAGIC) + _DIGEST
 
 
 class AggregateBuilder:
@@ -78,6 +79,7 @@ class AggregateBuilder:
     def __init__(self) -> None:
         self._keys: dict[str, int] = {}
         self._hash_keys: dict[str, int] = {}
+        self._prefixes: dict[str | tuple[str, str], bytes] = {}
         self._parts: list[bytes] = []
         self._count = 0
         self._body = 0
@@ -90,7 +92,7 @@ class AggregateBuilder:
 
     @property
     def size(self) -> int:
-        return len(MAGIC) + self._body + _DIGEST + self._key_size
+        return _OVERHEAD + self._body + self._key_size
 
     def try_add(self, record: SubRecord, limit: int | None = None) -> bool:
         """Add `record` unless that takes `size` over `limit` (then nothing changes)."""
@@ -99,49 +101,62 @@ class AggregateBuilder:
     def try_add_parts(
         self, partition_key: str, data: bytes, explicit_hash_key: str | None, limit: int | None = None
     ) -> bool:
-        """`try_add` without building a SubRecord first (the producer's hot path)."""
-        extra = 0
-        new_key: bytes | None = None
+        """`try_add` without building a SubRecord first (the producer's hot path).
+
+        A sub-record's fields before its data depend only on its key pair, so they are encoded
+        once per key pair and reused (`_prefixes`); the per-record work is two varints.
+        """
+        ident: str | tuple[str, str] = (
+            partition_key if explicit_hash_key is None else (partition_key, explicit_hash_key)
+        )
+        prefix = self._prefixes.get(ident)
+        tables = b""
+        if prefix is None:
+            prefix, tables = self._prefix(partition_key, explicit_hash_key)
+        size = len(data)
+        size_varint = _SMALL_VARINTS[size] if size < 16384 else _varint_slow(size)
+        inner = len(prefix) + len(size_varint) + size
+        head = _RECORD_TAG + (_SMALL_VARINTS[inner] if inner < 16384 else _varint_slow(inner)) + prefix
+        extra = len(tables) + len(head) + len(size_varint) + size
+        first = self.partition_key is None
+        if limit is not None:
+            key_size = len(partition_key.encode()) if first else self._key_size
+            if _OVERHEAD + self._body + extra + key_size > limit:
+                return False
+        if first:
+            self.partition_key = partition_key
+            self.explicit_hash_key = explicit_hash_key
+            self._key_size = len(partition_key.encode())
+        if tables:
+            self._parts.append(tables)
+            if partition_key not in self._keys:
+                self._keys[partition_key] = len(self._keys)
+            if explicit_hash_key is not None and explicit_hash_key not in self._hash_keys:
+                self._hash_keys[explicit_hash_key] = len(self._hash_keys)
+        self._prefixes[ident] = prefix
+        self._parts += (head, size_varint, data)
+        self._body += extra
+        self._count += 1
+        return True
+
+    def _prefix(self, partition_key: str, explicit_hash_key: str | None) -> tuple[bytes, bytes]:
+        """The record fields before `data` for a key pair, and the table entries it still needs
+        (nothing is changed: the caller commits both once the record fits)."""
+        tables = b""
         key_index = self._keys.get(partition_key)
         if key_index is None:
             key_index = len(self._keys)
             key_bytes = partition_key.encode()
-            new_key = _KEY_TAG + _varint(len(key_bytes)) + key_bytes
-            extra += len(new_key)
-        inner = _KEY_INDEX_TAG + _varint(key_index)
-        new_hash: bytes | None = None
+            tables += _KEY_TAG + _varint(len(key_bytes)) + key_bytes
+        prefix = _KEY_INDEX_TAG + _varint(key_index)
         if explicit_hash_key is not None:
             hash_index = self._hash_keys.get(explicit_hash_key)
             if hash_index is None:
                 hash_index = len(self._hash_keys)
                 hash_bytes = explicit_hash_key.encode()
-                new_hash = _HASH_KEY_TAG + _varint(len(hash_bytes)) + hash_bytes
-                extra += len(new_hash)
-            inner += _HASH_INDEX_TAG + _varint(hash_index)
-        size = len(data)
-        inner += _DATA_TAG + _varint(size)
-        head = _RECORD_TAG + _varint(len(inner) + size) + inner
-        extra += len(head) + size
-        if limit is not None:
-            first_key = 0 if self.partition_key is not None else len(partition_key.encode())
-            if len(MAGIC) + _DIGEST + self._body + self._key_size + extra + first_key > limit:
-                return False
-        if self.partition_key is None:
-            self.partition_key = partition_key
-            self.explicit_hash_key = explicit_hash_key
-            self._key_size = len(partition_key.encode())
-        if new_key is not None:
-            self._keys[partition_key] = key_index
-            self._parts.append(new_key)
-        if new_hash is not None:
-            assert explicit_hash_key is not None
-            self._hash_keys[explicit_hash_key] = len(self._hash_keys)
-            self._parts.append(new_hash)
-        self._parts.append(head)
-        self._parts.append(data)
-        self._body += extra
-        self._count += 1
-        return True
+                tables += _HASH_KEY_TAG + _varint(len(hash_bytes)) + hash_bytes
+            prefix += _HASH_INDEX_TAG + _varint(hash_index)
+        return prefix + _DATA_TAG, tables
 
     def add(self, record: SubRecord) -> None:
         self.try_add(record)
