@@ -144,7 +144,10 @@ class Handlers:
         async def call(request: web.Request) -> web.StreamResponse:
             message, body = await self._segment_body(request, segment.CALL_LIMIT)
             batch = self.intake.batch(self.access.client_ip(request), request.headers.get("User-Agent"))
-            self._segment_add(batch, 0, message, kind, None, body)
+            raw = body
+            if "writeKey" in message:  # a write key must not travel on into a dead letter's payload
+                raw = orjson.dumps({k: v for k, v in message.items() if k != "writeKey"})
+            self._segment_add(batch, 0, message, kind, None, raw)
             await self.intake.submit(batch)
             return web.Response(body=_SUCCESS, content_type="application/json")
 

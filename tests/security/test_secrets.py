@@ -115,3 +115,25 @@ def _get(port: int, path: str) -> tuple[int, str]:
         return r.status, r.read().decode("utf-8", "replace")
     except OSError:
         return 0, ""
+
+
+def test_a_rejected_segment_call_does_not_file_its_write_key_in_the_dead_letter(keyed_front: Served) -> None:
+    """A dead letter's payload is shown by `shardflow dead-letters list` and stored in the warehouse."""
+    import asyncio
+
+    from tests.ingest.conftest import dead_letters_on_stream
+
+    for path in ("/v1/track", "/v1/page", "/v1/identify"):
+        answer = _call(keyed_front, "POST", path, orjson.dumps({"writeKey": WRITE_KEY, "event": 5}))
+        assert answer.startswith("200"), answer
+
+    async def letters() -> list[str]:
+        return [d.payload for d in await dead_letters_on_stream(keyed_front.stream)]
+
+    def three() -> list[str] | None:
+        found = asyncio.run_coroutine_threadsafe(letters(), keyed_front.loop).result(10)
+        return found if len(found) >= 3 else None
+
+    payloads = wait_until(three, timeout=20, what="3 dead letters on the stream")
+    assert all(WRITE_KEY not in p for p in payloads), payloads
+    assert all('"event":5' in p.replace(" ", "") for p in payloads), payloads
