@@ -4,20 +4,27 @@ Batches are enriched concurrently, but their commits happen strictly in sequence
 is never committed before batch N, so the checkpoint only ever moves forward over a gap-free
 prefix of the shard. The queue holds at most `max_in_flight` batches; the reader blocks on `put`
 when it is full, so a slow warehouse slows reading instead of growing memory.
+
+Consecutive batches already enriched when a commit starts are committed together (up to
+`max_rows` rows, the checkpoint of the last one): a warehouse that is slower than the reader
+then gets fewer, larger transactions instead of a growing queue of small ones. Merging keeps
+the order and the gap-free prefix, and drops a repeated `event_id` across the merged batches
+as `process_records` does within one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from processor.errors import LeaseLost, WarehouseUnavailable
 from processor.metrics import SINK_COMMITS
 from shard_consumer.pool import Processed
-from sinks.base import Batch, Fence, Sink
+from sinks.base import Batch, DeadLetter, Fence, PageView, Sink
 
 __all__ = ["PendingBatch", "ShardCommitter"]
 
@@ -27,9 +34,17 @@ _FIRST_RETRY = 0.1
 _MAX_RETRY = 5.0
 
 
+class _Empty(enum.Enum):
+    EMPTY = enum.auto()
+
+
+_EMPTY = _Empty.EMPTY
+
+
 @dataclass(frozen=True, slots=True)
 class PendingBatch:
-    processed: Awaitable[Processed]
+    processed: asyncio.Future[Processed]
+    """Usually the task enriching the batch; committed once it is done, in queue order."""
     checkpoint: str
     """Sequence number of the batch's last record, or SHARD_END."""
     records: int
@@ -46,6 +61,7 @@ class ShardCommitter:
         fence: Fence,
         *,
         max_in_flight: int = 4,
+        max_rows: int = 10_000,
         commit_timeout: float = 60.0,
         on_warehouse: Callable[[bool], None] = lambda up: None,
     ) -> None:
@@ -55,6 +71,7 @@ class ShardCommitter:
         self.fence = fence
         self._queue: asyncio.Queue[PendingBatch | None] = asyncio.Queue(max(1, max_in_flight))
         self._timeout = commit_timeout
+        self._max_rows = max_rows
         self._on_warehouse = on_warehouse
         self.committed: str | None = None
         """The last checkpoint this committer made durable."""
@@ -69,21 +86,48 @@ class ShardCommitter:
 
     async def run(self) -> None:
         """Commit queued batches in order until `finish()`. Raises LeaseLost (nothing written)."""
+        carried: PendingBatch | _Empty | None = _EMPTY
         while True:
-            pending = await self._queue.get()
+            pending = await self._queue.get() if carried is _EMPTY else carried
+            carried = _EMPTY
             if pending is None:
                 return
-            processed = await pending.processed
-            batch = Batch(
-                stream=self._stream_name,
-                shard_id=self.shard_id,
-                rows=processed.rows,
-                dead_letters=processed.dead_letters,
-                checkpoint=pending.checkpoint,
-                fence=self.fence,
-            )
-            await self._commit(batch)
-            self.committed = pending.checkpoint
+            parts = [(pending, await pending.processed)]
+            rows = len(parts[0][1].rows)
+            while rows < self._max_rows and not self._queue.empty():
+                following = self._queue.get_nowait()
+                if following is None or not following.processed.done():
+                    carried = following
+                    break
+                processed = following.processed.result()
+                parts.append((following, processed))
+                rows += len(processed.rows)
+            checkpoint = parts[-1][0].checkpoint
+            await self._commit(self._batch(parts, checkpoint))
+            self.committed = checkpoint
+
+    def _batch(self, parts: list[tuple[PendingBatch, Processed]], checkpoint: str) -> Batch:
+        if len(parts) == 1:
+            rows: Sequence[PageView] = parts[0][1].rows
+            letters: Sequence[DeadLetter] = parts[0][1].dead_letters
+        else:
+            seen: set[str] = set()
+            merged: list[PageView] = []
+            for _, processed in parts:
+                for row in processed.rows:
+                    if row.event_id not in seen:
+                        seen.add(row.event_id)
+                        merged.append(row)
+            rows = merged
+            letters = [letter for _, processed in parts for letter in processed.dead_letters]
+        return Batch(
+            stream=self._stream_name,
+            shard_id=self.shard_id,
+            rows=rows,
+            dead_letters=letters,
+            checkpoint=checkpoint,
+            fence=self.fence,
+        )
 
     async def _commit(self, batch: Batch) -> None:
         """Write one batch, retrying the same batch with capped back-off while the warehouse is down.

@@ -22,12 +22,14 @@ class ConsumerConfig:
     initial_timestamp: float | None = None
     """Epoch seconds, for AT_TIMESTAMP."""
     workers: int = 0
-    """Enrichment worker processes; 0 means one per core."""
+    """Enrichment workers; 0 means one per core beyond the first. 1 is a thread, more are processes."""
     anonymize_ip: bool = False
     batch_records: int = 10_000
     """Records asked for per GetRecords."""
     max_batches_in_flight: int = 4
     """Per shard: batches being enriched or committed at once (back-pressure beyond it)."""
+    max_commit_rows: int = 10_000
+    """Per shard: consecutive enriched batches are committed in one transaction up to this many rows."""
     idle_poll_interval: float = 0.2
     """Pause between empty GetRecords near the tip."""
     shard_sync_interval: float = 5.0

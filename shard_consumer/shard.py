@@ -125,6 +125,7 @@ class ShardConsumer:
             self.shard_id,
             self.fence,
             max_in_flight=config.max_batches_in_flight,
+            max_rows=config.max_commit_rows,
             on_warehouse=self._on_warehouse,
         )
         self._move(Transition.INITIALIZED)
