@@ -6,10 +6,10 @@ prefix of the shard. The queue holds at most `max_in_flight` batches; the reader
 when it is full, so a slow warehouse slows reading instead of growing memory.
 
 Consecutive batches already enriched when a commit starts are committed together (up to
-`max_rows` rows, the checkpoint of the last one): a warehouse that is slower than the reader
-then gets fewer, larger transactions instead of a growing queue of small ones. Merging keeps
-the order and the gap-free prefix, and drops a repeated `event_id` across the merged batches
-as `process_records` does within one.
+`max_rows` rows, or one batch alone if larger; the checkpoint is the last one's): a warehouse
+slower than the reader then gets fewer, larger transactions instead of a growing queue of small
+ones. Merging keeps the order and the gap-free prefix, and drops a repeated `event_id` across
+the merged batches as `process_records` does within one.
 """
 
 from __future__ import annotations
@@ -100,6 +100,9 @@ class ShardCommitter:
                     carried = following
                     break
                 processed = following.processed.result()
+                if rows + len(processed.rows) > self._max_rows:
+                    carried = following
+                    break
                 parts.append((following, processed))
                 rows += len(processed.rows)
             checkpoint = parts[-1][0].checkpoint
