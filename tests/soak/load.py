@@ -80,6 +80,7 @@ class Generator:
             [f"{self.tag}-k{i}" for i in range(KEYS) if i % len(urls) == h] for h in range(len(urls))
         ]
         self.in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._stopping = False
 
     def _next_id(self, bad: bool = False) -> str:
         self.n += 1
@@ -236,8 +237,6 @@ class Generator:
             "unexpected_count": len(self.logs.unexpected),
         }
         (self.logs.out / "load-summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
-
-    _stopping = False
 
     async def _flusher(self) -> None:
         while not self._stopping:
