@@ -70,7 +70,7 @@ from processor.streams.base import (
     StreamDescription,
     hash_key,
 )
-from processor.streams.kpl import AggregateBuilder, deaggregate
+from processor.streams.kpl import AggregateBuilder, unpack
 from processor.streams.ratelimit import ReadPacer, ShardLimits, WriteLimiter
 from processor.uris import query_params
 
@@ -770,14 +770,12 @@ class KinesisStream:
             data: bytes = r["Data"]
             size += len(data)
             arrived = float(r.get("ApproximateArrivalTimestamp") or 0.0)
-            subs = deaggregate(data)
+            subs = unpack(data)
             if subs is None:
                 records.append(Record(r["SequenceNumber"], r["PartitionKey"], data, arrived))
             else:
-                records.extend(
-                    Record(r["SequenceNumber"], s.partition_key, s.data, arrived, i)
-                    for i, s in enumerate(subs)
-                )
+                sequence = r["SequenceNumber"]
+                records.extend(Record(sequence, key, sub, arrived, i) for i, (key, sub, _) in enumerate(subs))
         behind = int(answer.get("MillisBehindLatest", 0))
         next_iterator = answer.get("NextShardIterator")
         children: tuple[str, ...] = ()

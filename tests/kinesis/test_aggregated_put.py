@@ -1,19 +1,24 @@
 """Aggregated puts of more than 500 user records: every real Kinesis limit holds on what is sent.
 
 The fault proxy sits in front of kinesalite and records each PutRecords request as it passes, so
-the tests count the calls and weigh them as Kinesis would (data plus partition key).
+the tests count the calls and weigh them as Kinesis would (data plus partition key). The fast
+KPL unpacker is checked against records written by aws-kinesis-agg and on damaged input.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aws_kinesis_agg.aggregator as agg_lib
 import orjson
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from processor.errors import InvalidRequest
 from processor.streams.base import (
@@ -25,7 +30,7 @@ from processor.streams.base import (
 )
 from processor.streams.embedded import EmbeddedStream
 from processor.streams.kinesis import AGGREGATED_PUT_RECORDS, KinesisStream, _Outgoing, _requests
-from processor.streams.kpl import deaggregate
+from processor.streams.kpl import MAGIC, SubRecord, aggregate, deaggregate, unpack
 from tests.support.kinesis_faults import KinesisFaultProxy
 
 
@@ -163,3 +168,23 @@ def test_requests_hold_at_most_500_records_and_5_mib() -> None:
     assert [len(r) for r in mixed] == [5, 4]
     assert all(sum(o.size for o, _ in r) <= MAX_PUT_BYTES for r in mixed)
     assert [i for r in mixed for _, index in r for i in index] == list(range(9)), "order kept"
+
+
+def test_unpack_reads_every_varint_width_as_aws_kinesis_agg_writes_it() -> None:
+    aggregator = agg_lib.RecordAggregator()
+    sizes = [0, 1, 127, 128, 16383, 16384, 200_000]
+    records = [SubRecord(f"key-{i}" * (1 + i * 9), bytes([i]) * n) for i, n in enumerate(sizes)]
+    for r in records:
+        assert aggregator.add_user_record(r.partition_key, r.data) is None
+    _, _, blob = aggregator.clear_and_get().get_contents()
+    assert deaggregate(bytes(blob)) == records
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200), st.integers(min_value=0, max_value=199))
+def test_unpack_never_raises_on_a_damaged_body_with_a_valid_digest(junk: bytes, cut: int) -> None:
+    good = aggregate([SubRecord("k", b"v" * 300), SubRecord("other", b"w")])[len(MAGIC) : -16]
+    for body in (junk, good[:cut], good[:cut] + junk, junk + good[cut:]):
+        blob = MAGIC + body + hashlib.md5(body).digest()
+        parts = unpack(blob)
+        assert parts is None or all(isinstance(d, bytes) for _, d, _ in parts)
