@@ -8,14 +8,17 @@ from collections.abc import Iterable, Mapping, Sequence
 import orjson
 
 from processor import metrics
-from sinks.base import PAGE_VIEW_COLUMNS, DeadLetter, Lease
+from processor.errors import LeaseLost, WarehouseUnavailable
+from sinks.base import PAGE_VIEW_COLUMNS, Batch, DeadLetter, Lease
 
 __all__ = [
     "DEAD_LETTER_COLUMNS",
     "LOAD_COLUMNS",
+    "LockBusy",
     "by_stage",
     "dead_letter_params",
     "lease_from_row",
+    "lease_lost",
     "parents_json",
     "record_commit",
 ]
@@ -25,6 +28,21 @@ LOAD_COLUMNS = ", ".join(PAGE_VIEW_COLUMNS)
 
 DEAD_LETTER_COLUMNS = "stage, reason, payload, shard_id, sequence_number, dedup_key"
 """The `shardflow_dead_letters` columns a batch writes, in `dead_letter_params` order."""
+
+
+class LockBusy(WarehouseUnavailable):
+    """A lease statement waited its lock timeout for a row another session holds.
+
+    Take, release and hand-off requests treat it as a lost race (retried on the next cycle);
+    elsewhere it is the `WarehouseUnavailable` it derives from.
+    """
+
+
+def lease_lost(batch: Batch) -> LeaseLost:
+    return LeaseLost(
+        f"lease on {batch.stream}/{batch.shard_id} is no longer "
+        f"{batch.fence.owner}#{batch.fence.lease_counter}"
+    )
 
 
 def dead_letter_params(letter: DeadLetter) -> tuple[str, str, str, str | None, str | None, str | None]:

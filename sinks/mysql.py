@@ -1,12 +1,23 @@
 """MySQL/MariaDB warehouse through aiomysql: LOAD DATA LOCAL INFILE inside one fenced transaction.
 
-A batch is one InnoDB transaction: lock the shard's lease row (`SELECT ... FOR UPDATE`) and
-check owner and counter, `LOAD DATA LOCAL INFILE ... IGNORE` the rows (tab-separated files under
-8 MiB each, as aiomysql fails on files near 16 MiB; duplicates by `event_id` are skipped), insert
-the dead letters (`INSERT IGNORE`: a repeat by `dedup_key` is skipped), upsert the checkpoint,
-commit. LOAD DATA measured ≈3x faster than multi-row `INSERT IGNORE`, which is bound by
-Python-side escaping; a server that refuses LOAD DATA LOCAL (MySQL 8's default
-`local_infile=OFF`) gets multi-row `INSERT IGNORE` instead. utf8mb4 everywhere, so emoji survive.
+A batch is one InnoDB transaction: `LOAD DATA LOCAL INFILE` the rows into a temporary staging
+table (tab-separated files under 8 MiB each, as aiomysql fails on files near 16 MiB), then lock
+the shard's lease row only if it is still ours (`SELECT ... AND owner AND lease_counter FOR
+UPDATE`: the fence), `INSERT IGNORE ... SELECT` the staged rows into `page_views` (duplicates by
+`event_id` are skipped), insert the dead letters (`INSERT IGNORE`: a repeat by `dedup_key` is
+skipped), upsert the checkpoint, commit. LOAD DATA measured ≈3x faster than multi-row `INSERT
+IGNORE`, which is bound by Python-side escaping; a server that refuses LOAD DATA LOCAL (MySQL
+8's default `local_infile=OFF`) gets multi-row `INSERT` into the staging table instead. utf8mb4
+everywhere, so emoji survive.
+
+The lease row is locked last, for the short merge-and-checkpoint window: a consumer stopped or
+cut off while it loads holds no lock another consumer needs. What is left is bounded: on
+MariaDB every session carries `idle_transaction_timeout`, so the server ends one stopped inside
+a transaction that holds a lock (the locked window, or a lease change, which here is an UPDATE
+and a SELECT); MySQL has no such setting, so there the sessions carry a short `wait_timeout`
+(the pool recycles idle connections before it) that ends any session idle that long. Lease
+sessions carry a short `innodb_lock_wait_timeout`, so a take that meets the lock gives up (a
+lost race, retried on the next cycle) instead of hanging for InnoDB's 50 s.
 
 Lease operations use a pool of their own and the server clock (`NOW(6)`). `query` runs on a
 connection of its own whose session is READ ONLY, so neither DML nor DDL can get through.
@@ -15,6 +26,7 @@ connection of its own whose session is READ ONLY, so neither DML nor DDL can get
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import tempfile
@@ -41,9 +53,11 @@ from processor.uris import mask_uri
 from sinks._shared import (
     DEAD_LETTER_COLUMNS,
     LOAD_COLUMNS,
+    LockBusy,
     by_stage,
     dead_letter_params,
     lease_from_row,
+    lease_lost,
     parents_json,
     record_commit,
 )
@@ -87,8 +101,15 @@ _RETRIABLE_CODES = frozenset(
 _LOAD_DATA_REFUSED = frozenset((1148, 3948, 3950, 4166))
 """The server (or its local_infile setting) does not allow LOAD DATA LOCAL."""
 _INSERT_CHUNK = 1000
-_INSERT_IGNORE = (
-    f"INSERT IGNORE INTO page_views ({LOAD_COLUMNS}) VALUES ({', '.join(['%s'] * len(PAGE_VIEW_COLUMNS))})"
+_STAGE = "shardflow_stage"
+_DROP_STAGE = f"DROP TEMPORARY TABLE IF EXISTS {_STAGE}"
+_CREATE_STAGE = f"CREATE TEMPORARY TABLE {_STAGE} SELECT {LOAD_COLUMNS} FROM page_views LIMIT 0"
+"""Keyless, so loading it costs no index work; neither statement commits (TRUNCATE would)."""
+_INSERT_STAGE = f"INSERT INTO {_STAGE} ({LOAD_COLUMNS}) VALUES ({', '.join(['%s'] * len(PAGE_VIEW_COLUMNS))})"
+_MERGE = f"INSERT IGNORE INTO page_views ({LOAD_COLUMNS}) SELECT {LOAD_COLUMNS} FROM {_STAGE}"
+_FENCE = (
+    "SELECT 1 FROM shardflow_leases WHERE stream = %s AND shard_id = %s AND owner = %s "
+    "AND lease_counter = %s FOR UPDATE"
 )
 _CONFIG_CODES = frozenset((1044, 1045, 1049, 1698))  # access denied, unknown database
 
@@ -184,6 +205,10 @@ def load_data_files(rows: Iterable[PageView], directory: str | None = None) -> l
     return paths
 
 
+def _seconds(value: float) -> int:
+    return max(1, round(value))
+
+
 def _remove(paths: Iterable[str]) -> None:
     for path in paths:
         try:
@@ -203,6 +228,8 @@ class MysqlWarehouse:
         connect_timeout: float = 5.0,
         command_timeout: float = 60.0,
         lease_timeout: float = 5.0,
+        idle_timeout: float = 5.0,
+        lock_timeout: float = 2.0,
     ) -> None:
         parts = urlsplit(uri)
         database = unquote(parts.path.lstrip("/"))
@@ -229,6 +256,11 @@ class MysqlWarehouse:
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
         self.lease_timeout = lease_timeout
+        self.idle_timeout = idle_timeout
+        """The server ends a write session idle this long inside a transaction (a stopped client)."""
+        self.lock_timeout = lock_timeout
+        """A lease statement waits this long at most for a row lock, then counts as a lost race."""
+        self._mariadb = True
         self._writes: aiomysql.Pool | None = None
         self._leases: aiomysql.Pool | None = None
         self._started = False
@@ -262,6 +294,8 @@ class MysqlWarehouse:
             message = f"{what} on {mask_uri(self.uri)}: {exc}"
             if code in _CONFIG_CODES:
                 raise ConfigError(message) from exc
+            if code == 1205:
+                raise LockBusy(message) from exc
             if (
                 code in _RETRIABLE_CODES
                 or code >= 2000
@@ -273,8 +307,21 @@ class MysqlWarehouse:
             # aiomysql raises RuntimeError for a read on a connection the server closed
             raise WarehouseUnavailable(f"{what} on {mask_uri(self.uri)}: {exc!r}") from exc
 
-    async def _make_pool(self, size: int) -> aiomysql.Pool:
-        return await aiomysql.create_pool(minsize=1, maxsize=size, pool_recycle=300, **self._connect)
+    async def _make_pool(self, leases: bool) -> aiomysql.Pool:
+        settings = ["time_zone = '+00:00'"]
+        recycle = 300
+        if leases:
+            settings.append(f"innodb_lock_wait_timeout = {_seconds(self.lock_timeout)}")
+        # lease changes here are transactions of two statements, so both pools need the bound
+        if self._mariadb:
+            settings.append(f"idle_transaction_timeout = {_seconds(self.idle_timeout)}")
+        else:
+            settings.append(f"wait_timeout = {_seconds(self.idle_timeout) + 1}")
+            recycle = _seconds(self.idle_timeout)
+        options = {**self._connect, "init_command": "SET " + ", ".join(settings)}
+        return await aiomysql.create_pool(
+            minsize=1, maxsize=2 if leases else self.pool_size, pool_recycle=recycle, **options
+        )
 
     async def _pool(self, leases: bool) -> aiomysql.Pool:
         if not self._started:
@@ -282,10 +329,10 @@ class MysqlWarehouse:
         async with self._lock:
             if leases:
                 if self._leases is None:
-                    self._leases = await self._make_pool(2)
+                    self._leases = await self._make_pool(leases=True)
                 return self._leases
             if self._writes is None:
-                self._writes = await self._make_pool(self.pool_size)
+                self._writes = await self._make_pool(leases=False)
             return self._writes
 
     @asynccontextmanager
@@ -328,10 +375,11 @@ class MysqlWarehouse:
             if self._started:
                 return
             async with self._errors("start"):
-                if self._writes is None:
-                    self._writes = await self._make_pool(self.pool_size)
+                self._mariadb = await self._is_mariadb()
                 if self._leases is None:
-                    self._leases = await self._make_pool(2)
+                    self._leases = await self._make_pool(leases=True)
+                if self._writes is None:
+                    self._writes = await self._make_pool(leases=False)
                 async with self._writes.acquire() as conn, conn.cursor() as cur:
                     await cur.execute("SELECT GET_LOCK('shardflow_schema', 60)")
                     try:
@@ -349,6 +397,17 @@ class MysqlWarehouse:
                         await cur.execute("SELECT RELEASE_LOCK('shardflow_schema')")
                         await conn.commit()
             self._started = True
+
+    async def _is_mariadb(self) -> bool:
+        """Which server this is decides the session settings: MySQL lacks idle_transaction_timeout."""
+        conn = await aiomysql.connect(**self._connect)
+        try:
+            async with asyncio.timeout(self.lease_timeout), conn.cursor() as cur:
+                await cur.execute("SELECT VERSION()")
+                (version,) = await cur.fetchone()
+        finally:
+            conn.close()
+        return "mariadb" in str(version).lower()
 
     async def close(self) -> None:
         pools = [p for p in (self._writes, self._leases) if p is not None]
@@ -382,20 +441,12 @@ class MysqlWarehouse:
         filed: dict[str, int] = {}
         try:
             async with self._transaction("write_batch") as cur:
-                await cur.execute(
-                    "SELECT owner, lease_counter FROM shardflow_leases "
-                    "WHERE stream = %s AND shard_id = %s FOR UPDATE",
-                    (batch.stream, batch.shard_id),
-                )
-                lease = await cur.fetchone()
-                if lease is None or (lease[0], lease[1]) != (batch.fence.owner, batch.fence.lease_counter):
-                    raise LeaseLost(
-                        f"lease on {batch.stream}/{batch.shard_id} is no longer "
-                        f"{batch.fence.owner}#{batch.fence.lease_counter}"
-                    )
+                if batch.rows:
+                    await cur.execute(_DROP_STAGE)
+                    await cur.execute(_CREATE_STAGE)
                 try:
                     for path in paths:
-                        new += await cur.execute(load_data_sql(), (path,))
+                        await cur.execute(load_data_sql(_STAGE), (path,))
                 except pymysql.err.MySQLError as exc:
                     if exc.args and exc.args[0] in _LOAD_DATA_REFUSED:
                         raise _LoadDataRefused(str(exc)) from exc
@@ -403,7 +454,14 @@ class MysqlWarehouse:
                 if not use_files:
                     for start in range(0, len(batch.rows), _INSERT_CHUNK):
                         chunk = batch.rows[start : start + _INSERT_CHUNK]
-                        new += await cur.executemany(_INSERT_IGNORE, [tuple(r) for r in chunk])
+                        await cur.executemany(_INSERT_STAGE, [tuple(r) for r in chunk])
+                await cur.execute(
+                    _FENCE, (batch.stream, batch.shard_id, batch.fence.owner, batch.fence.lease_counter)
+                )
+                if await cur.fetchone() is None:
+                    raise lease_lost(batch)
+                if batch.rows:
+                    new = await cur.execute(_MERGE)
                 for stage, group in by_stage(batch.dead_letters).items():
                     filed[stage] = await cur.executemany(_INSERT_DEAD, list(map(dead_letter_params, group)))
                 await cur.execute(
@@ -520,16 +578,18 @@ class MysqlWarehouse:
     async def take_lease(
         self, stream: str, shard_id: str, owner: str, expected_counter: int, ttl: float
     ) -> Lease | None:
-        async with self._transaction("take_lease", leases=True) as cur:
-            changed = await cur.execute(
-                f"UPDATE shardflow_leases SET owner = %s, lease_counter = lease_counter + 1, "
-                f"expires_at = {_NOW} + %s, handoff_to = NULL "
-                "WHERE stream = %s AND shard_id = %s AND lease_counter = %s",
-                (owner, ttl, stream, shard_id, expected_counter),
-            )
-            if changed != 1:
-                return None
-            return (await self._select_leases(cur, stream, shard_id))[0]
+        with contextlib.suppress(LockBusy):
+            async with self._transaction("take_lease", leases=True) as cur:
+                changed = await cur.execute(
+                    f"UPDATE shardflow_leases SET owner = %s, lease_counter = lease_counter + 1, "
+                    f"expires_at = {_NOW} + %s, handoff_to = NULL "
+                    "WHERE stream = %s AND shard_id = %s AND lease_counter = %s",
+                    (owner, ttl, stream, shard_id, expected_counter),
+                )
+                if changed != 1:
+                    return None
+                return (await self._select_leases(cur, stream, shard_id))[0]
+        return None
 
     async def renew_leases(
         self, stream: str, owner: str, held: Mapping[str, int], ttl: float
@@ -549,22 +609,25 @@ class MysqlWarehouse:
         return kept
 
     async def release_lease(self, stream: str, shard_id: str, owner: str, lease_counter: int) -> bool:
-        async with self._transaction("release_lease", leases=True) as cur:
-            changed = await cur.execute(
-                "UPDATE shardflow_leases SET owner = NULL, lease_counter = lease_counter + 1, "
-                "expires_at = 0, handoff_to = NULL "
-                "WHERE stream = %s AND shard_id = %s AND owner = %s AND lease_counter = %s",
-                (stream, shard_id, owner, lease_counter),
-            )
-        return bool(changed == 1)
+        with contextlib.suppress(LockBusy):
+            async with self._transaction("release_lease", leases=True) as cur:
+                changed = await cur.execute(
+                    "UPDATE shardflow_leases SET owner = NULL, lease_counter = lease_counter + 1, "
+                    "expires_at = 0, handoff_to = NULL "
+                    "WHERE stream = %s AND shard_id = %s AND owner = %s AND lease_counter = %s",
+                    (stream, shard_id, owner, lease_counter),
+                )
+            return bool(changed == 1)
+        return False
 
     async def request_handoff(self, stream: str, shard_id: str, requester: str) -> None:
-        async with self._transaction("request_handoff", leases=True) as cur:
-            await cur.execute(
-                "UPDATE shardflow_leases SET handoff_to = %s "
-                "WHERE stream = %s AND shard_id = %s AND owner IS NOT NULL AND owner <> %s",
-                (requester, stream, shard_id, requester),
-            )
+        with contextlib.suppress(LockBusy):
+            async with self._transaction("request_handoff", leases=True) as cur:
+                await cur.execute(
+                    "UPDATE shardflow_leases SET handoff_to = %s "
+                    "WHERE stream = %s AND shard_id = %s AND owner IS NOT NULL AND owner <> %s",
+                    (requester, stream, shard_id, requester),
+                )
 
     async def now(self) -> float:
         async with self._transaction("now", leases=True) as cur:

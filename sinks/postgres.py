@@ -1,10 +1,18 @@
 """PostgreSQL warehouse through asyncpg: binary COPY into a staging table, then one fenced commit.
 
-A batch is one transaction on a connection of the write pool: lock the shard's lease row
-(`SELECT ... FOR UPDATE`) and check owner and counter, binary `COPY` the rows into a temporary
-staging table, `INSERT ... SELECT ... ON CONFLICT (event_id) DO NOTHING`, insert the dead
-letters (`ON CONFLICT (dedup_key) DO NOTHING`), upsert the checkpoint, commit. A connection cut
-anywhere before COMMIT leaves nothing.
+A batch is one transaction on a connection of the write pool: binary `COPY` the rows into a
+temporary staging table, then lock the shard's lease row only if it is still ours
+(`SELECT ... AND owner AND lease_counter FOR UPDATE`: the fence), `INSERT ... SELECT ... ON
+CONFLICT (event_id) DO NOTHING`, insert the dead letters (`ON CONFLICT (dedup_key) DO
+NOTHING`), upsert the checkpoint, commit. A connection cut anywhere before COMMIT leaves nothing.
+
+The lease row is locked last, for the short merge-and-checkpoint window only: a consumer stopped
+(SIGSTOP, a long GC pause) or cut off while it copies holds no lock another consumer needs, so a
+takeover after expiry never waits on it. What is left is bounded twice: the write connections
+carry `idle_in_transaction_session_timeout`, so the server ends a session stopped inside the
+locked window, and the lease connections carry `lock_timeout`, so a take that meets that lock
+gives up (a lost race, retried on the next cycle) instead of hanging. Either setting given in
+the DSN's query string wins over these defaults.
 
 Lease operations use a pool of their own, so a stuck COPY never delays a renewal, and the
 database server's clock (`clock_timestamp()`), so consumers with skewed clocks agree on expiry.
@@ -15,18 +23,19 @@ moves to a new primary is followed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
 from processor.errors import (
     ConfigError,
     InvalidRequest,
-    LeaseLost,
     ShardflowError,
     WarehouseUnavailable,
 )
@@ -35,8 +44,10 @@ from processor.uris import mask_uri
 from sinks._shared import (
     DEAD_LETTER_COLUMNS,
     LOAD_COLUMNS,
+    LockBusy,
     dead_letter_params,
     lease_from_row,
+    lease_lost,
     parents_json,
     record_commit,
 )
@@ -63,7 +74,11 @@ _MERGE = (
     f"INSERT INTO page_views ({LOAD_COLUMNS}) SELECT {LOAD_COLUMNS} FROM {_STAGE} "
     "ON CONFLICT (event_id) DO NOTHING"
 )
-_FENCE = "SELECT owner, lease_counter FROM shardflow_leases WHERE stream = $1 AND shard_id = $2 FOR UPDATE"
+_FENCE = (
+    "SELECT 1 FROM shardflow_leases WHERE stream = $1 AND shard_id = $2 AND owner = $3 "
+    "AND lease_counter = $4 FOR UPDATE"
+)
+"""Locks the lease row only while it is still the writer's: a stale writer never takes the lock."""
 _INSERT_DEAD = (
     f"INSERT INTO shardflow_dead_letters ({DEAD_LETTER_COLUMNS}) "
     "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) "
@@ -93,6 +108,10 @@ class _NotStorable(ShardflowError):
     """A value PostgreSQL refuses (NUL in text or jsonb); write_batch retries it cleaned."""
 
 
+def _millis(seconds: float) -> str:
+    return str(max(1, round(seconds * 1000)))
+
+
 def _clean(text: str) -> str:
     return text.replace("\x00", "\ufffd").replace("\\u0000", "\\ufffd")
 
@@ -112,12 +131,18 @@ class PostgresWarehouse:
         connect_timeout: float = 5.0,
         command_timeout: float = 60.0,
         lease_timeout: float = 5.0,
+        idle_timeout: float = 5.0,
+        lock_timeout: float = 2.0,
     ) -> None:
         self.dsn = dsn
         self.pool_size = pool_size
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
         self.lease_timeout = lease_timeout
+        self.idle_timeout = idle_timeout
+        """The server ends a write session idle this long inside a transaction (a stopped client)."""
+        self.lock_timeout = lock_timeout
+        """A lease statement waits this long at most for a row lock, then counts as a lost race."""
         self._writes: asyncpg.Pool | None = None
         self._leases: asyncpg.Pool | None = None
         self._started = False
@@ -153,6 +178,8 @@ class PostgresWarehouse:
         except asyncpg.PostgresError as exc:
             code = exc.sqlstate or ""
             message = f"{what} on {mask_uri(self.dsn)}: {exc}"
+            if code == "55P03":
+                raise LockBusy(message) from exc
             if code[:2] in _RETRIABLE_CLASSES or isinstance(exc, asyncpg.PostgresConnectionError):
                 raise WarehouseUnavailable(message) from exc
             if code[:2] == "28" or code == "3D000":
@@ -161,14 +188,20 @@ class PostgresWarehouse:
         except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
             raise WarehouseUnavailable(f"{what} on {mask_uri(self.dsn)}: {exc!r}") from exc
 
-    async def _make_pool(self, size: int, command_timeout: float) -> asyncpg.Pool:
+    async def _make_pool(self, leases: bool) -> asyncpg.Pool:
+        if leases:
+            settings = {"lock_timeout": _millis(self.lock_timeout)}
+        else:
+            settings = {"idle_in_transaction_session_timeout": _millis(self.idle_timeout)}
+        given = parse_qs(urlsplit(self.dsn).query)
         pool: asyncpg.Pool = await asyncpg.create_pool(
             self.dsn,
             min_size=1,
-            max_size=size,
+            max_size=2 if leases else self.pool_size,
             timeout=self.connect_timeout,
-            command_timeout=command_timeout,
+            command_timeout=self.lease_timeout if leases else self.command_timeout,
             max_inactive_connection_lifetime=60.0,
+            server_settings={k: v for k, v in settings.items() if k not in given},
         )
         return pool
 
@@ -178,10 +211,10 @@ class PostgresWarehouse:
         async with self._lock:
             if leases:
                 if self._leases is None:
-                    self._leases = await self._make_pool(2, self.lease_timeout)
+                    self._leases = await self._make_pool(leases=True)
                 return self._leases
             if self._writes is None:
-                self._writes = await self._make_pool(self.pool_size, self.command_timeout)
+                self._writes = await self._make_pool(leases=False)
             return self._writes
 
     @asynccontextmanager
@@ -200,9 +233,9 @@ class PostgresWarehouse:
                 return
             async with self._errors("start"):
                 if self._writes is None:
-                    self._writes = await self._make_pool(self.pool_size, self.command_timeout)
+                    self._writes = await self._make_pool(leases=False)
                 if self._leases is None:
-                    self._leases = await self._make_pool(2, self.lease_timeout)
+                    self._leases = await self._make_pool(leases=True)
                 async with self._writes.acquire(timeout=self.connect_timeout) as conn, conn.transaction():
                     await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
                     await conn.execute(VERSION_TABLE["postgresql"])
@@ -254,16 +287,16 @@ class PostgresWarehouse:
             asyncio.timeout(self.command_timeout),
             conn.transaction(),
         ):
-            lease = await conn.fetchrow(_FENCE, batch.stream, batch.shard_id)
-            if lease is None or (lease[0], lease[1]) != (batch.fence.owner, batch.fence.lease_counter):
-                raise LeaseLost(
-                    f"lease on {batch.stream}/{batch.shard_id} is no longer "
-                    f"{batch.fence.owner}#{batch.fence.lease_counter}"
-                )
             try:
                 if rows:
                     await conn.execute(_CREATE_STAGE)
                     await conn.copy_records_to_table(_STAGE, records=rows, columns=PAGE_VIEW_COLUMNS)
+                fenced = await conn.fetchval(
+                    _FENCE, batch.stream, batch.shard_id, batch.fence.owner, batch.fence.lease_counter
+                )
+                if fenced is None:
+                    raise lease_lost(batch)
+                if rows:
                     status = await conn.execute(_MERGE)
                     new = int(status.rsplit(" ", 1)[-1])
                 if letters:
@@ -369,17 +402,20 @@ class PostgresWarehouse:
     async def take_lease(
         self, stream: str, shard_id: str, owner: str, expected_counter: int, ttl: float
     ) -> Lease | None:
-        leases = await self._changed(
-            "take_lease",
-            f"UPDATE shardflow_leases l SET owner = $3, lease_counter = lease_counter + 1, "
-            f"expires_at = {_NOW} + $5, handoff_to = NULL "
-            "WHERE l.stream = $1 AND l.shard_id = $2 AND l.lease_counter = $4",
-            stream,
-            shard_id,
-            owner,
-            expected_counter,
-            ttl,
-        )
+        try:
+            leases = await self._changed(
+                "take_lease",
+                f"UPDATE shardflow_leases l SET owner = $3, lease_counter = lease_counter + 1, "
+                f"expires_at = {_NOW} + $5, handoff_to = NULL "
+                "WHERE l.stream = $1 AND l.shard_id = $2 AND l.lease_counter = $4",
+                stream,
+                shard_id,
+                owner,
+                expected_counter,
+                ttl,
+            )
+        except LockBusy:
+            return None
         return leases[0] if leases else None
 
     async def renew_leases(
@@ -402,27 +438,30 @@ class PostgresWarehouse:
         return {lease.shard_id: lease for lease in leases}
 
     async def release_lease(self, stream: str, shard_id: str, owner: str, lease_counter: int) -> bool:
-        async with self._conn("release_lease", leases=True) as conn:
-            status = await conn.execute(
-                "UPDATE shardflow_leases SET owner = NULL, lease_counter = lease_counter + 1, "
-                "expires_at = 0, handoff_to = NULL "
-                "WHERE stream = $1 AND shard_id = $2 AND owner = $3 AND lease_counter = $4",
-                stream,
-                shard_id,
-                owner,
-                lease_counter,
-            )
-        return bool(status == "UPDATE 1")
+        with contextlib.suppress(LockBusy):
+            async with self._conn("release_lease", leases=True) as conn:
+                status = await conn.execute(
+                    "UPDATE shardflow_leases SET owner = NULL, lease_counter = lease_counter + 1, "
+                    "expires_at = 0, handoff_to = NULL "
+                    "WHERE stream = $1 AND shard_id = $2 AND owner = $3 AND lease_counter = $4",
+                    stream,
+                    shard_id,
+                    owner,
+                    lease_counter,
+                )
+            return bool(status == "UPDATE 1")
+        return False
 
     async def request_handoff(self, stream: str, shard_id: str, requester: str) -> None:
-        async with self._conn("request_handoff", leases=True) as conn:
-            await conn.execute(
-                "UPDATE shardflow_leases SET handoff_to = $3 "
-                "WHERE stream = $1 AND shard_id = $2 AND owner IS NOT NULL AND owner <> $3",
-                stream,
-                shard_id,
-                requester,
-            )
+        with contextlib.suppress(LockBusy):
+            async with self._conn("request_handoff", leases=True) as conn:
+                await conn.execute(
+                    "UPDATE shardflow_leases SET handoff_to = $3 "
+                    "WHERE stream = $1 AND shard_id = $2 AND owner IS NOT NULL AND owner <> $3",
+                    stream,
+                    shard_id,
+                    requester,
+                )
 
     async def now(self) -> float:
         async with self._conn("now", leases=True) as conn:
