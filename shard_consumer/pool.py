@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import sys
 from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any, NamedTuple
@@ -99,6 +100,21 @@ def _process_plain(
 
 
 _as_page_view = tuple.__new__
+_SWITCH_INTERVAL = 0.001
+_switch = {"pools": 0, "saved": 0.0}
+"""How many thread pools run with the short switch interval, and the interval before the first."""
+
+
+def _shorten_switch_interval(on: bool) -> None:
+    if on:
+        if _switch["pools"] == 0:
+            _switch["saved"] = sys.getswitchinterval()
+            sys.setswitchinterval(min(_switch["saved"], _SWITCH_INTERVAL))
+        _switch["pools"] += 1
+    else:
+        _switch["pools"] -= 1
+        if _switch["pools"] == 0:
+            sys.setswitchinterval(_switch["saved"])
 
 
 _WARM_UP_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0"
@@ -127,6 +143,7 @@ class WorkerPool:
         self._anonymize_ip = anonymize_ip
         self._inline_below = inline_below
         self._executor: Executor | None = None
+        self._short_switch = False
 
     async def start(self) -> None:
         """Start the workers and wait until each answers. Idempotent."""
@@ -134,6 +151,11 @@ class WorkerPool:
             return
         if self.workers == 1:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="shardflow-enrich")
+            # The enrichment thread is CPU-bound: with the default 5 ms GIL switch interval the
+            # event loop (commits, reads, lease renewals) waits up to 5 ms each time it wakes.
+            # 1 ms measured +15% records/s (benchmarks/consume, 2 cores); restored on close.
+            _shorten_switch_interval(True)
+            self._short_switch = True
             await asyncio.get_running_loop().run_in_executor(self._executor, _warm_up)
             return
         # forkserver: never fork the event loop's process with its threads and sockets.
@@ -168,6 +190,9 @@ class WorkerPool:
         executor, self._executor = self._executor, None
         if executor is not None:
             await asyncio.to_thread(executor.shutdown, True, cancel_futures=True)
+        if self._short_switch:
+            self._short_switch = False
+            _shorten_switch_interval(False)
 
     async def __aenter__(self) -> WorkerPool:
         await self.start()
