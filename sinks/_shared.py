@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Self
 
 import orjson
 
@@ -14,6 +16,7 @@ from sinks.base import PAGE_VIEW_COLUMNS, Batch, DeadLetter, Lease
 __all__ = [
     "DEAD_LETTER_COLUMNS",
     "LOAD_COLUMNS",
+    "AsyncWarehouse",
     "LockBusy",
     "by_stage",
     "dead_letter_params",
@@ -28,6 +31,30 @@ LOAD_COLUMNS = ", ".join(PAGE_VIEW_COLUMNS)
 
 DEAD_LETTER_COLUMNS = "stage, reason, payload, shard_id, sequence_number, dedup_key"
 """The `shardflow_dead_letters` columns a batch writes, in `dead_letter_params` order."""
+
+
+class AsyncWarehouse(ABC):
+    """`async with` and a repr that never shows a password, for every backend."""
+
+    @abstractmethod
+    def _shown(self) -> str:
+        """Where the warehouse is, as a repr may show it (a URI with its password masked)."""
+
+    @abstractmethod
+    async def start(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._shown()!r})"
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
 
 class LockBusy(WarehouseUnavailable):

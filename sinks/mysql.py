@@ -26,11 +26,9 @@ connection of its own whose session is READ ONLY, so neither DML nor DDL can get
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import tempfile
-import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -50,6 +48,7 @@ from processor.errors import (
 )
 from processor.streams.base import ShardInfo
 from processor.uris import mask_uri
+from sinks._pooled import PooledWarehouse, WriteAgain
 from sinks._shared import (
     DEAD_LETTER_COLUMNS,
     LOAD_COLUMNS,
@@ -59,7 +58,6 @@ from sinks._shared import (
     lease_from_row,
     lease_lost,
     parents_json,
-    record_commit,
 )
 from sinks.base import PAGE_VIEW_COLUMNS, Batch, Checkpoint, Lease, PageView, QueryResult, StoredDeadLetter
 from sinks.schema import VERSION_TABLE, pending_steps
@@ -112,10 +110,6 @@ _FENCE = (
     "AND lease_counter = %s FOR UPDATE"
 )
 _CONFIG_CODES = frozenset((1044, 1045, 1049, 1698))  # access denied, unknown database
-
-
-class _LoadDataRefused(ShardflowError):
-    """LOAD DATA LOCAL is not allowed here; write_batch switches to INSERT IGNORE."""
 
 
 class _QuietCursor(aiomysql.Cursor):  # type: ignore[misc]
@@ -217,25 +211,16 @@ def _remove(paths: Iterable[str]) -> None:
             pass
 
 
-class MysqlWarehouse:
+class MysqlWarehouse(PooledWarehouse):
     """`sinks.base.Warehouse` on MySQL/MariaDB; see the module docstring for the guarantees."""
 
-    def __init__(
-        self,
-        uri: str,
-        *,
-        pool_size: int = 4,
-        connect_timeout: float = 5.0,
-        command_timeout: float = 60.0,
-        lease_timeout: float = 5.0,
-        idle_timeout: float = 5.0,
-        lock_timeout: float = 2.0,
-    ) -> None:
+    def __init__(self, uri: str, **options: Any) -> None:
+        """`options` as `PooledWarehouse` takes them (pool size, timeouts)."""
         parts = urlsplit(uri)
         database = unquote(parts.path.lstrip("/"))
         if parts.scheme not in ("mysql", "mariadb") or not database:
             raise ConfigError(f"MySQL URI must be mysql://user:password@host:3306/database: {mask_uri(uri)}")
-        self.uri = uri
+        super().__init__(uri, **options)
         self._connect: dict[str, Any] = {
             "host": parts.hostname or "127.0.0.1",
             "port": parts.port or 3306,
@@ -247,65 +232,39 @@ class MysqlWarehouse:
             "local_infile": True,
             "client_flag": CLIENT.FOUND_ROWS,
             "init_command": "SET time_zone = '+00:00'",
-            "connect_timeout": connect_timeout,
+            "connect_timeout": self.connect_timeout,
             "cursorclass": _QuietCursor,
         }
-        self.pool_size = pool_size
         self.load_data = True
         """LOAD DATA LOCAL INFILE (fast); False after the server refused it: multi-row INSERT IGNORE."""
-        self.connect_timeout = connect_timeout
-        self.command_timeout = command_timeout
-        self.lease_timeout = lease_timeout
-        self.idle_timeout = idle_timeout
-        """The server ends a write session idle this long inside a transaction (a stopped client)."""
-        self.lock_timeout = lock_timeout
-        """A lease statement waits this long at most for a row lock, then counts as a lost race."""
         self._mariadb = True
-        self._writes: aiomysql.Pool | None = None
-        self._leases: aiomysql.Pool | None = None
-        self._started = False
-        self._lock = asyncio.Lock()
 
     @classmethod
     def from_uri(cls, uri: str) -> MysqlWarehouse:
         return cls(uri)
 
-    def __repr__(self) -> str:
-        return f"MysqlWarehouse({mask_uri(self.uri)!r})"
-
-    async def __aenter__(self) -> MysqlWarehouse:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
     # -- connections and errors ------------------------------------------------------------
 
-    @asynccontextmanager
-    async def _errors(self, what: str) -> AsyncIterator[None]:
+    def _translate(self, exc: Exception, where: str) -> ShardflowError | None:
         """The one place aiomysql/pymysql and socket errors become shardflow errors."""
-        try:
-            yield
-        except ShardflowError:
-            raise
-        except pymysql.err.MySQLError as exc:
+        if isinstance(exc, pymysql.err.MySQLError):
             code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
-            message = f"{what} on {mask_uri(self.uri)}: {exc}"
+            message = f"{where}: {exc}"
             if code in _CONFIG_CODES:
-                raise ConfigError(message) from exc
+                return ConfigError(message)
             if code == 1205:
-                raise LockBusy(message) from exc
+                return LockBusy(message)
             if (
                 code in _RETRIABLE_CODES
                 or code >= 2000
                 or isinstance(exc, pymysql.err.InterfaceError | pymysql.err.OperationalError)
             ):
-                raise WarehouseUnavailable(message) from exc
-            raise InvalidRequest(message) from exc
-        except (OSError, TimeoutError, RuntimeError) as exc:
+                return WarehouseUnavailable(message)
+            return InvalidRequest(message)
+        if isinstance(exc, OSError | TimeoutError | RuntimeError):
             # aiomysql raises RuntimeError for a read on a connection the server closed
-            raise WarehouseUnavailable(f"{what} on {mask_uri(self.uri)}: {exc!r}") from exc
+            return WarehouseUnavailable(f"{where}: {exc!r}")
+        return None
 
     async def _make_pool(self, leases: bool) -> aiomysql.Pool:
         settings = ["time_zone = '+00:00'"]
@@ -322,18 +281,6 @@ class MysqlWarehouse:
         return await aiomysql.create_pool(
             minsize=1, maxsize=2 if leases else self.pool_size, pool_recycle=recycle, **options
         )
-
-    async def _pool(self, leases: bool) -> aiomysql.Pool:
-        if not self._started:
-            await self.start()
-        async with self._lock:
-            if leases:
-                if self._leases is None:
-                    self._leases = await self._make_pool(leases=True)
-                return self._leases
-            if self._writes is None:
-                self._writes = await self._make_pool(leases=False)
-            return self._writes
 
     @asynccontextmanager
     async def _transaction(self, what: str, *, leases: bool = False) -> AsyncIterator[Any]:
@@ -369,34 +316,8 @@ class MysqlWarehouse:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Connect both pools and migrate the schema under GET_LOCK. Idempotent."""
-        async with self._lock:
-            if self._started:
-                return
-            async with self._errors("start"):
-                self._mariadb = await self._is_mariadb()
-                if self._leases is None:
-                    self._leases = await self._make_pool(leases=True)
-                if self._writes is None:
-                    self._writes = await self._make_pool(leases=False)
-                async with self._writes.acquire() as conn, conn.cursor() as cur:
-                    await cur.execute("SELECT GET_LOCK('shardflow_schema', 60)")
-                    try:
-                        await cur.execute(VERSION_TABLE["mysql"])
-                        await cur.execute("SELECT coalesce(max(version), 0) FROM shardflow_schema_version")
-                        (current,) = await cur.fetchone()
-                        for version, statements in pending_steps("mysql", int(current)):
-                            for statement in statements:
-                                await cur.execute(statement)
-                            await cur.execute(
-                                "INSERT INTO shardflow_schema_version (version) VALUES (%s)", (version,)
-                            )
-                            await conn.commit()
-                    finally:
-                        await cur.execute("SELECT RELEASE_LOCK('shardflow_schema')")
-                        await conn.commit()
-            self._started = True
+    async def _prepare(self) -> None:
+        self._mariadb = await self._is_mariadb()
 
     async def _is_mariadb(self) -> bool:
         """Which server this is decides the session settings: MySQL lacks idle_transaction_timeout."""
@@ -409,29 +330,32 @@ class MysqlWarehouse:
             conn.close()
         return "mariadb" in str(version).lower()
 
-    async def close(self) -> None:
-        pools = [p for p in (self._writes, self._leases) if p is not None]
-        self._writes = self._leases = None
-        self._started = False
-        for pool in pools:
-            pool.close()
+    async def _migrate(self, writes: aiomysql.Pool) -> None:
+        async with writes.acquire() as conn, conn.cursor() as cur:
+            await cur.execute("SELECT GET_LOCK('shardflow_schema', 60)")
             try:
-                await asyncio.wait_for(pool.wait_closed(), self.connect_timeout)
-            except (TimeoutError, OSError, pymysql.err.MySQLError, RuntimeError):
-                pool.terminate()
+                await cur.execute(VERSION_TABLE["mysql"])
+                await cur.execute("SELECT coalesce(max(version), 0) FROM shardflow_schema_version")
+                (current,) = await cur.fetchone()
+                for version, statements in pending_steps("mysql", int(current)):
+                    for statement in statements:
+                        await cur.execute(statement)
+                    await cur.execute(
+                        "INSERT INTO shardflow_schema_version (version) VALUES (%s)", (version,)
+                    )
+                    await conn.commit()
+            finally:
+                await cur.execute("SELECT RELEASE_LOCK('shardflow_schema')")
+                await conn.commit()
+
+    async def _close_pool(self, pool: aiomysql.Pool) -> None:
+        pool.close()
+        await pool.wait_closed()
+
+    def _terminate_pool(self, pool: aiomysql.Pool) -> None:
+        pool.terminate()
 
     # -- Sink --------------------------------------------------------------------------------
-
-    async def write_batch(self, batch: Batch) -> int:
-        started = time.perf_counter()
-        try:
-            new, filed = await self._write(batch)
-        except _LoadDataRefused:
-            log.warning("%s refuses LOAD DATA LOCAL INFILE; loading with INSERT IGNORE", mask_uri(self.uri))
-            self.load_data = False
-            new, filed = await self._write(batch)
-        record_commit(started, new, filed)
-        return new
 
     async def _write(self, batch: Batch) -> tuple[int, dict[str, int]]:
         """(new rows, new dead letters by stage)."""
@@ -449,7 +373,9 @@ class MysqlWarehouse:
                         await cur.execute(load_data_sql(_STAGE), (path,))
                 except pymysql.err.MySQLError as exc:
                     if exc.args and exc.args[0] in _LOAD_DATA_REFUSED:
-                        raise _LoadDataRefused(str(exc)) from exc
+                        log.warning("%s refuses LOAD DATA LOCAL INFILE; loading with INSERT", self._shown())
+                        self.load_data = False
+                        raise WriteAgain(str(exc), batch) from exc
                     raise
                 if not use_files:
                     for start in range(0, len(batch.rows), _INSERT_CHUNK):
@@ -542,13 +468,9 @@ class MysqlWarehouse:
                 conn.close()
         return QueryResult(columns, rows)
 
-    async def ping(self) -> bool:
-        try:
-            async with asyncio.timeout(2.0), self._transaction("ping", leases=True) as cur:
-                await cur.execute("SELECT 1")
-        except (ShardflowError, TimeoutError):
-            return False
-        return True
+    async def _ping(self) -> None:
+        async with self._transaction("ping", leases=True) as cur:
+            await cur.execute("SELECT 1")
 
     # -- LeaseStore ----------------------------------------------------------------------------
 
@@ -575,21 +497,19 @@ class MysqlWarehouse:
         async with self._transaction("list_leases", leases=True) as cur:
             return await self._select_leases(cur, stream)
 
-    async def take_lease(
+    async def _take_lease(
         self, stream: str, shard_id: str, owner: str, expected_counter: int, ttl: float
     ) -> Lease | None:
-        with contextlib.suppress(LockBusy):
-            async with self._transaction("take_lease", leases=True) as cur:
-                changed = await cur.execute(
-                    f"UPDATE shardflow_leases SET owner = %s, lease_counter = lease_counter + 1, "
-                    f"expires_at = {_NOW} + %s, handoff_to = NULL "
-                    "WHERE stream = %s AND shard_id = %s AND lease_counter = %s",
-                    (owner, ttl, stream, shard_id, expected_counter),
-                )
-                if changed != 1:
-                    return None
-                return (await self._select_leases(cur, stream, shard_id))[0]
-        return None
+        async with self._transaction("take_lease", leases=True) as cur:
+            changed = await cur.execute(
+                f"UPDATE shardflow_leases SET owner = %s, lease_counter = lease_counter + 1, "
+                f"expires_at = {_NOW} + %s, handoff_to = NULL "
+                "WHERE stream = %s AND shard_id = %s AND lease_counter = %s",
+                (owner, ttl, stream, shard_id, expected_counter),
+            )
+            if changed != 1:
+                return None
+            return (await self._select_leases(cur, stream, shard_id))[0]
 
     async def renew_leases(
         self, stream: str, owner: str, held: Mapping[str, int], ttl: float
@@ -608,26 +528,23 @@ class MysqlWarehouse:
                     kept[shard_id] = (await self._select_leases(cur, stream, shard_id))[0]
         return kept
 
-    async def release_lease(self, stream: str, shard_id: str, owner: str, lease_counter: int) -> bool:
-        with contextlib.suppress(LockBusy):
-            async with self._transaction("release_lease", leases=True) as cur:
-                changed = await cur.execute(
-                    "UPDATE shardflow_leases SET owner = NULL, lease_counter = lease_counter + 1, "
-                    "expires_at = 0, handoff_to = NULL "
-                    "WHERE stream = %s AND shard_id = %s AND owner = %s AND lease_counter = %s",
-                    (stream, shard_id, owner, lease_counter),
-                )
-            return bool(changed == 1)
-        return False
+    async def _release_lease(self, stream: str, shard_id: str, owner: str, lease_counter: int) -> bool:
+        async with self._transaction("release_lease", leases=True) as cur:
+            changed = await cur.execute(
+                "UPDATE shardflow_leases SET owner = NULL, lease_counter = lease_counter + 1, "
+                "expires_at = 0, handoff_to = NULL "
+                "WHERE stream = %s AND shard_id = %s AND owner = %s AND lease_counter = %s",
+                (stream, shard_id, owner, lease_counter),
+            )
+        return bool(changed == 1)
 
-    async def request_handoff(self, stream: str, shard_id: str, requester: str) -> None:
-        with contextlib.suppress(LockBusy):
-            async with self._transaction("request_handoff", leases=True) as cur:
-                await cur.execute(
-                    "UPDATE shardflow_leases SET handoff_to = %s "
-                    "WHERE stream = %s AND shard_id = %s AND owner IS NOT NULL AND owner <> %s",
-                    (requester, stream, shard_id, requester),
-                )
+    async def _request_handoff(self, stream: str, shard_id: str, requester: str) -> None:
+        async with self._transaction("request_handoff", leases=True) as cur:
+            await cur.execute(
+                "UPDATE shardflow_leases SET handoff_to = %s "
+                "WHERE stream = %s AND shard_id = %s AND owner IS NOT NULL AND owner <> %s",
+                (requester, stream, shard_id, requester),
+            )
 
     async def now(self) -> float:
         async with self._transaction("now", leases=True) as cur:

@@ -23,8 +23,6 @@ moves to a new primary is followed).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -41,6 +39,7 @@ from processor.errors import (
 )
 from processor.streams.base import ShardInfo
 from processor.uris import mask_uri
+from sinks._pooled import PooledWarehouse, WriteAgain
 from sinks._shared import (
     DEAD_LETTER_COLUMNS,
     LOAD_COLUMNS,
@@ -49,13 +48,11 @@ from sinks._shared import (
     lease_from_row,
     lease_lost,
     parents_json,
-    record_commit,
 )
 from sinks.base import (
     PAGE_VIEW_COLUMNS,
     Batch,
     Checkpoint,
-    DeadLetter,
     Lease,
     PageView,
     QueryResult,
@@ -104,10 +101,6 @@ _RETRIABLE_CLASSES = frozenset(("08", "40", "53", "55", "57", "58"))
 object in use / lock not available, operator intervention (shutdown), system error."""
 
 
-class _NotStorable(ShardflowError):
-    """A value PostgreSQL refuses (NUL in text or jsonb); write_batch retries it cleaned."""
-
-
 def _millis(seconds: float) -> str:
     return str(max(1, round(seconds * 1000)))
 
@@ -120,33 +113,13 @@ def _clean_row(row: PageView) -> PageView:
     return PageView._make(_clean(v) if isinstance(v, str) else v for v in row)
 
 
-class PostgresWarehouse:
-    """`sinks.base.Warehouse` on PostgreSQL; see the module docstring for the guarantees."""
+def _cleaned(batch: Batch) -> Batch:
+    letters = [replace(d, reason=_clean(d.reason), payload=_clean(d.payload)) for d in batch.dead_letters]
+    return replace(batch, rows=[_clean_row(r) for r in batch.rows], dead_letters=letters)
 
-    def __init__(
-        self,
-        dsn: str,
-        *,
-        pool_size: int = 4,
-        connect_timeout: float = 5.0,
-        command_timeout: float = 60.0,
-        lease_timeout: float = 5.0,
-        idle_timeout: float = 5.0,
-        lock_timeout: float = 2.0,
-    ) -> None:
-        self.dsn = dsn
-        self.pool_size = pool_size
-        self.connect_timeout = connect_timeout
-        self.command_timeout = command_timeout
-        self.lease_timeout = lease_timeout
-        self.idle_timeout = idle_timeout
-        """The server ends a write session idle this long inside a transaction (a stopped client)."""
-        self.lock_timeout = lock_timeout
-        """A lease statement waits this long at most for a row lock, then counts as a lost race."""
-        self._writes: asyncpg.Pool | None = None
-        self._leases: asyncpg.Pool | None = None
-        self._started = False
-        self._lock = asyncio.Lock()
+
+class PostgresWarehouse(PooledWarehouse):
+    """`sinks.base.Warehouse` on PostgreSQL; see the module docstring for the guarantees."""
 
     @classmethod
     def from_uri(cls, uri: str) -> PostgresWarehouse:
@@ -156,37 +129,27 @@ class PostgresWarehouse:
             raise ConfigError(f"not a PostgreSQL URI: {mask_uri(uri)}")
         return cls(uri)
 
-    def __repr__(self) -> str:
-        return f"PostgresWarehouse({mask_uri(self.dsn)!r})"
-
-    async def __aenter__(self) -> PostgresWarehouse:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+    @property
+    def dsn(self) -> str:
+        return self.uri
 
     # -- connections and errors ------------------------------------------------------------
 
-    @asynccontextmanager
-    async def _errors(self, what: str) -> AsyncIterator[None]:
+    def _translate(self, exc: Exception, where: str) -> ShardflowError | None:
         """The one place asyncpg and socket errors become shardflow errors."""
-        try:
-            yield
-        except ShardflowError:
-            raise
-        except asyncpg.PostgresError as exc:
+        if isinstance(exc, asyncpg.PostgresError):
             code = exc.sqlstate or ""
-            message = f"{what} on {mask_uri(self.dsn)}: {exc}"
+            message = f"{where}: {exc}"
             if code == "55P03":
-                raise LockBusy(message) from exc
+                return LockBusy(message)
             if code[:2] in _RETRIABLE_CLASSES or isinstance(exc, asyncpg.PostgresConnectionError):
-                raise WarehouseUnavailable(message) from exc
+                return WarehouseUnavailable(message)
             if code[:2] == "28" or code == "3D000":
-                raise ConfigError(message) from exc
-            raise InvalidRequest(message) from exc
-        except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
-            raise WarehouseUnavailable(f"{what} on {mask_uri(self.dsn)}: {exc!r}") from exc
+                return ConfigError(message)
+            return InvalidRequest(message)
+        if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
+            return WarehouseUnavailable(f"{where}: {exc!r}")
+        return None
 
     async def _make_pool(self, leases: bool) -> asyncpg.Pool:
         if leases:
@@ -205,18 +168,6 @@ class PostgresWarehouse:
         )
         return pool
 
-    async def _pool(self, leases: bool) -> asyncpg.Pool:
-        if not self._started:
-            await self.start()
-        async with self._lock:
-            if leases:
-                if self._leases is None:
-                    self._leases = await self._make_pool(leases=True)
-                return self._leases
-            if self._writes is None:
-                self._writes = await self._make_pool(leases=False)
-            return self._writes
-
     @asynccontextmanager
     async def _conn(self, what: str, *, leases: bool = False) -> AsyncIterator[Any]:
         async with self._errors(what):
@@ -224,62 +175,25 @@ class PostgresWarehouse:
             async with pool.acquire(timeout=self.connect_timeout) as conn:
                 yield conn
 
-    # -- lifecycle -------------------------------------------------------------------------
+    async def _migrate(self, writes: asyncpg.Pool) -> None:
+        async with writes.acquire(timeout=self.connect_timeout) as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
+            await conn.execute(VERSION_TABLE["postgresql"])
+            current = await conn.fetchval("SELECT coalesce(max(version), 0) FROM shardflow_schema_version")
+            for version, statements in pending_steps("postgresql", int(current)):
+                for statement in statements:
+                    await conn.execute(statement)
+                await conn.execute("INSERT INTO shardflow_schema_version (version) VALUES ($1)", version)
 
-    async def start(self) -> None:
-        """Connect both pools and migrate the schema under an advisory lock. Idempotent."""
-        async with self._lock:
-            if self._started:
-                return
-            async with self._errors("start"):
-                if self._writes is None:
-                    self._writes = await self._make_pool(leases=False)
-                if self._leases is None:
-                    self._leases = await self._make_pool(leases=True)
-                async with self._writes.acquire(timeout=self.connect_timeout) as conn, conn.transaction():
-                    await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
-                    await conn.execute(VERSION_TABLE["postgresql"])
-                    current = await conn.fetchval(
-                        "SELECT coalesce(max(version), 0) FROM shardflow_schema_version"
-                    )
-                    for version, statements in pending_steps("postgresql", int(current)):
-                        for statement in statements:
-                            await conn.execute(statement)
-                        await conn.execute(
-                            "INSERT INTO shardflow_schema_version (version) VALUES ($1)", version
-                        )
-            self._started = True
+    async def _close_pool(self, pool: asyncpg.Pool) -> None:
+        await pool.close()
 
-    async def close(self) -> None:
-        pools = [p for p in (self._writes, self._leases) if p is not None]
-        self._writes = self._leases = None
-        self._started = False
-        for pool in pools:
-            try:
-                await asyncio.wait_for(pool.close(), self.connect_timeout)
-            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                pool.terminate()
+    def _terminate_pool(self, pool: asyncpg.Pool) -> None:
+        pool.terminate()
 
     # -- Sink --------------------------------------------------------------------------------
 
-    async def write_batch(self, batch: Batch) -> int:
-        started = time.perf_counter()
-        try:
-            new, filed = await self._write(batch, batch.rows, batch.dead_letters)
-        except _NotStorable:
-            # PostgreSQL cannot store NUL in text or jsonb; retry once with it replaced, so one
-            # odd event never blocks its shard (the normal path pays nothing for this)
-            letters = [
-                replace(d, reason=_clean(d.reason), payload=_clean(d.payload)) for d in batch.dead_letters
-            ]
-            new, filed = await self._write(batch, [_clean_row(r) for r in batch.rows], letters)
-        record_commit(started, new, filed)
-        return new
-
-    async def _write(
-        self, batch: Batch, rows: Sequence[PageView], letters: Sequence[DeadLetter]
-    ) -> tuple[int, dict[str, int]]:
-        """(new rows, new dead letters by stage)."""
+    async def _write(self, batch: Batch) -> tuple[int, dict[str, int]]:
         new = 0
         filed: dict[str, int] = {}
         async with (
@@ -288,23 +202,25 @@ class PostgresWarehouse:
             conn.transaction(),
         ):
             try:
-                if rows:
+                if batch.rows:
                     await conn.execute(_CREATE_STAGE)
-                    await conn.copy_records_to_table(_STAGE, records=rows, columns=PAGE_VIEW_COLUMNS)
+                    await conn.copy_records_to_table(_STAGE, records=batch.rows, columns=PAGE_VIEW_COLUMNS)
                 fenced = await conn.fetchval(
                     _FENCE, batch.stream, batch.shard_id, batch.fence.owner, batch.fence.lease_counter
                 )
                 if fenced is None:
                     raise lease_lost(batch)
-                if rows:
+                if batch.rows:
                     status = await conn.execute(_MERGE)
                     new = int(status.rsplit(" ", 1)[-1])
-                if letters:
-                    columns = zip(*map(dead_letter_params, letters), strict=True)
+                if batch.dead_letters:
+                    columns = zip(*map(dead_letter_params, batch.dead_letters), strict=True)
                     for (stage,) in await conn.fetch(_INSERT_DEAD, *map(list, columns)):
                         filed[stage] = filed.get(stage, 0) + 1
             except (asyncpg.CharacterNotInRepertoireError, asyncpg.UntranslatableCharacterError) as exc:
-                raise _NotStorable(str(exc)) from exc
+                # PostgreSQL cannot store NUL in text or jsonb; one more try with it replaced, so
+                # one odd event never blocks its shard (the normal path pays nothing for this)
+                raise WriteAgain(str(exc), _cleaned(batch)) from exc
             await conn.execute(
                 _UPSERT_CHECKPOINT,
                 batch.stream,
@@ -367,13 +283,9 @@ class PostgresWarehouse:
                 await statement.fetch()
         return QueryResult(columns, rows)
 
-    async def ping(self) -> bool:
-        try:
-            async with asyncio.timeout(2.0), self._conn("ping", leases=True) as conn:
-                await conn.fetchval("SELECT 1")
-        except (ShardflowError, TimeoutError):
-            return False
-        return True
+    async def _ping(self) -> None:
+        async with self._conn("ping", leases=True) as conn:
+            await conn.fetchval("SELECT 1")
 
     # -- LeaseStore ----------------------------------------------------------------------------
 
@@ -399,23 +311,20 @@ class PostgresWarehouse:
             )
         return [lease_from_row(*r) for r in rows]
 
-    async def take_lease(
+    async def _take_lease(
         self, stream: str, shard_id: str, owner: str, expected_counter: int, ttl: float
     ) -> Lease | None:
-        try:
-            leases = await self._changed(
-                "take_lease",
-                f"UPDATE shardflow_leases l SET owner = $3, lease_counter = lease_counter + 1, "
-                f"expires_at = {_NOW} + $5, handoff_to = NULL "
-                "WHERE l.stream = $1 AND l.shard_id = $2 AND l.lease_counter = $4",
-                stream,
-                shard_id,
-                owner,
-                expected_counter,
-                ttl,
-            )
-        except LockBusy:
-            return None
+        leases = await self._changed(
+            "take_lease",
+            f"UPDATE shardflow_leases l SET owner = $3, lease_counter = lease_counter + 1, "
+            f"expires_at = {_NOW} + $5, handoff_to = NULL "
+            "WHERE l.stream = $1 AND l.shard_id = $2 AND l.lease_counter = $4",
+            stream,
+            shard_id,
+            owner,
+            expected_counter,
+            ttl,
+        )
         return leases[0] if leases else None
 
     async def renew_leases(
@@ -437,31 +346,28 @@ class PostgresWarehouse:
         )
         return {lease.shard_id: lease for lease in leases}
 
-    async def release_lease(self, stream: str, shard_id: str, owner: str, lease_counter: int) -> bool:
-        with contextlib.suppress(LockBusy):
-            async with self._conn("release_lease", leases=True) as conn:
-                status = await conn.execute(
-                    "UPDATE shardflow_leases SET owner = NULL, lease_counter = lease_counter + 1, "
-                    "expires_at = 0, handoff_to = NULL "
-                    "WHERE stream = $1 AND shard_id = $2 AND owner = $3 AND lease_counter = $4",
-                    stream,
-                    shard_id,
-                    owner,
-                    lease_counter,
-                )
-            return bool(status == "UPDATE 1")
-        return False
+    async def _release_lease(self, stream: str, shard_id: str, owner: str, lease_counter: int) -> bool:
+        async with self._conn("release_lease", leases=True) as conn:
+            status = await conn.execute(
+                "UPDATE shardflow_leases SET owner = NULL, lease_counter = lease_counter + 1, "
+                "expires_at = 0, handoff_to = NULL "
+                "WHERE stream = $1 AND shard_id = $2 AND owner = $3 AND lease_counter = $4",
+                stream,
+                shard_id,
+                owner,
+                lease_counter,
+            )
+        return bool(status == "UPDATE 1")
 
-    async def request_handoff(self, stream: str, shard_id: str, requester: str) -> None:
-        with contextlib.suppress(LockBusy):
-            async with self._conn("request_handoff", leases=True) as conn:
-                await conn.execute(
-                    "UPDATE shardflow_leases SET handoff_to = $3 "
-                    "WHERE stream = $1 AND shard_id = $2 AND owner IS NOT NULL AND owner <> $3",
-                    stream,
-                    shard_id,
-                    requester,
-                )
+    async def _request_handoff(self, stream: str, shard_id: str, requester: str) -> None:
+        async with self._conn("request_handoff", leases=True) as conn:
+            await conn.execute(
+                "UPDATE shardflow_leases SET handoff_to = $3 "
+                "WHERE stream = $1 AND shard_id = $2 AND owner IS NOT NULL AND owner <> $3",
+                stream,
+                shard_id,
+                requester,
+            )
 
     async def now(self) -> float:
         async with self._conn("now", leases=True) as conn:

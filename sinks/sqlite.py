@@ -28,6 +28,7 @@ from processor.uris import sqlite_path
 from sinks._shared import (
     DEAD_LETTER_COLUMNS,
     LOAD_COLUMNS,
+    AsyncWarehouse,
     by_stage,
     dead_letter_params,
     lease_from_row,
@@ -100,7 +101,7 @@ def _is_busy(exc: sqlite3.Error) -> bool:
     return "locked" in text or "busy" in text
 
 
-class SqliteWarehouse:
+class SqliteWarehouse(AsyncWarehouse):
     """`sinks.base.Warehouse` on one SQLite file; see the module docstring for the guarantees."""
 
     def __init__(self, path: Path | str, *, busy_timeout: float = 30.0) -> None:
@@ -115,15 +116,8 @@ class SqliteWarehouse:
     def from_uri(cls, uri: str) -> SqliteWarehouse:
         return cls(sqlite_path(uri))
 
-    def __repr__(self) -> str:
-        return f"SqliteWarehouse({str(self.path)!r})"
-
-    async def __aenter__(self) -> SqliteWarehouse:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+    def _shown(self) -> str:
+        return str(self.path)
 
     # -- lifecycle -------------------------------------------------------------------------
 
