@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Self
+from dataclasses import dataclass
+from typing import Literal, Self
 
 import orjson
 
@@ -24,6 +25,7 @@ __all__ = [
     "lease_lost",
     "parents_json",
     "record_commit",
+    "shared_sql",
 ]
 
 LOAD_COLUMNS = ", ".join(PAGE_VIEW_COLUMNS)
@@ -69,6 +71,62 @@ def lease_lost(batch: Batch) -> LeaseLost:
     return LeaseLost(
         f"lease on {batch.stream}/{batch.shard_id} is no longer "
         f"{batch.fence.owner}#{batch.fence.lease_counter}"
+    )
+
+
+LEASE_COLUMNS = (
+    "l.stream, l.shard_id, l.owner, l.lease_counter, l.expires_at, l.parent_shard_ids, "
+    "c.sequence_number, l.handoff_to"
+)
+"""A lease `l` with its checkpoint `c`, in `lease_from_row` order."""
+_WITH_CHECKPOINT = "LEFT JOIN shardflow_checkpoints c ON c.stream = l.stream AND c.shard_id = l.shard_id"
+
+
+@dataclass(frozen=True, slots=True)
+class SharedSql:
+    """Statements every backend runs alike, in its parameter style; parameters in the order named."""
+
+    get_checkpoint: str
+    """(stream, shard_id) -> sequence_number"""
+    checkpoints: str
+    """(stream,) -> stream, shard_id, sequence_number, lease_counter, updated_at"""
+    leases: str
+    """(stream,) -> LEASE_COLUMNS of every lease of the stream, by shard"""
+    lease: str
+    """(stream, shard_id) -> LEASE_COLUMNS of one lease"""
+    release: str
+    """(stream, shard_id, owner, lease_counter): free a lease still held as given"""
+    handoff: str
+    """(requester, stream, shard_id, requester): ask a live owner other than requester to let go"""
+
+
+def shared_sql(style: Literal["$", "%s", "?"]) -> SharedSql:
+    """The shared statements with `$1, $2, ...` (asyncpg), `%s` (aiomysql) or `?` (sqlite3)."""
+
+    def marked(template: str) -> str:
+        count = template.count("{}")
+        return template.format(*(f"${i}" if style == "$" else style for i in range(1, count + 1)))
+
+    leases = f"SELECT {LEASE_COLUMNS} FROM shardflow_leases l {_WITH_CHECKPOINT} WHERE l.stream = {{}}"
+    return SharedSql(
+        get_checkpoint=marked(
+            "SELECT sequence_number FROM shardflow_checkpoints WHERE stream = {} AND shard_id = {}"
+        ),
+        checkpoints=marked(
+            "SELECT stream, shard_id, sequence_number, lease_counter, updated_at "
+            "FROM shardflow_checkpoints WHERE stream = {} ORDER BY shard_id"
+        ),
+        leases=marked(leases + " ORDER BY l.shard_id"),
+        lease=marked(leases + " AND l.shard_id = {}"),
+        release=marked(
+            "UPDATE shardflow_leases SET owner = NULL, lease_counter = lease_counter + 1, "
+            "expires_at = 0, handoff_to = NULL "
+            "WHERE stream = {} AND shard_id = {} AND owner = {} AND lease_counter = {}"
+        ),
+        handoff=marked(
+            "UPDATE shardflow_leases SET handoff_to = {} "
+            "WHERE stream = {} AND shard_id = {} AND owner IS NOT NULL AND owner <> {}"
+        ),
     )
 
 

@@ -58,6 +58,7 @@ from sinks._shared import (
     lease_from_row,
     lease_lost,
     parents_json,
+    shared_sql,
 )
 from sinks.base import PAGE_VIEW_COLUMNS, Batch, Checkpoint, Lease, PageView, QueryResult, StoredDeadLetter
 from sinks.schema import VERSION_TABLE, pending_steps
@@ -69,11 +70,7 @@ log = logging.getLogger(__name__)
 MAX_LOAD_FILE_BYTES = 8 * 1024 * 1024
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": "\\0"})
 _NOW = "UNIX_TIMESTAMP(NOW(6))"
-_LEASE_SELECT = (
-    "SELECT l.stream, l.shard_id, l.owner, l.lease_counter, l.expires_at, l.parent_shard_ids, "
-    "c.sequence_number, l.handoff_to FROM shardflow_leases l LEFT JOIN shardflow_checkpoints c "
-    "ON c.stream = l.stream AND c.shard_id = l.shard_id WHERE l.stream = %s"
-)
+_SQL = shared_sql("%s")
 _INSERT_DEAD = (
     f"INSERT IGNORE INTO shardflow_dead_letters ({DEAD_LETTER_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)"
 )
@@ -401,20 +398,13 @@ class MysqlWarehouse(PooledWarehouse):
 
     async def get_checkpoint(self, stream: str, shard_id: str) -> str | None:
         async with self._transaction("get_checkpoint", leases=True) as cur:
-            await cur.execute(
-                "SELECT sequence_number FROM shardflow_checkpoints WHERE stream = %s AND shard_id = %s",
-                (stream, shard_id),
-            )
+            await cur.execute(_SQL.get_checkpoint, (stream, shard_id))
             row = await cur.fetchone()
         return None if row is None else str(row[0])
 
     async def checkpoints(self, stream: str) -> list[Checkpoint]:
         async with self._transaction("checkpoints", leases=True) as cur:
-            await cur.execute(
-                "SELECT stream, shard_id, sequence_number, lease_counter, updated_at "
-                "FROM shardflow_checkpoints WHERE stream = %s ORDER BY shard_id",
-                (stream,),
-            )
+            await cur.execute(_SQL.checkpoints, (stream,))
             rows = await cur.fetchall()
         return [Checkpoint(r[0], r[1], r[2], int(r[3]), r[4].replace(tzinfo=UTC)) for r in rows]
 
@@ -485,17 +475,14 @@ class MysqlWarehouse(PooledWarehouse):
             )
 
     @staticmethod
-    async def _select_leases(cur: Any, stream: str, shard_id: str | None = None) -> list[Lease]:
-        sql, args = _LEASE_SELECT, [stream]
-        if shard_id is not None:
-            sql += " AND l.shard_id = %s"
-            args.append(shard_id)
-        await cur.execute(sql + " ORDER BY l.shard_id", args)
-        return [lease_from_row(*r) for r in await cur.fetchall()]
+    async def _select_lease(cur: Any, stream: str, shard_id: str) -> Lease:
+        await cur.execute(_SQL.lease, (stream, shard_id))
+        return lease_from_row(*await cur.fetchone())
 
     async def list_leases(self, stream: str) -> list[Lease]:
         async with self._transaction("list_leases", leases=True) as cur:
-            return await self._select_leases(cur, stream)
+            await cur.execute(_SQL.leases, (stream,))
+            return [lease_from_row(*r) for r in await cur.fetchall()]
 
     async def _take_lease(
         self, stream: str, shard_id: str, owner: str, expected_counter: int, ttl: float
@@ -509,7 +496,7 @@ class MysqlWarehouse(PooledWarehouse):
             )
             if changed != 1:
                 return None
-            return (await self._select_leases(cur, stream, shard_id))[0]
+            return await self._select_lease(cur, stream, shard_id)
 
     async def renew_leases(
         self, stream: str, owner: str, held: Mapping[str, int], ttl: float
@@ -525,26 +512,17 @@ class MysqlWarehouse(PooledWarehouse):
                     (ttl, stream, shard_id, owner, counter),
                 )
                 if changed == 1:
-                    kept[shard_id] = (await self._select_leases(cur, stream, shard_id))[0]
+                    kept[shard_id] = await self._select_lease(cur, stream, shard_id)
         return kept
 
     async def _release_lease(self, stream: str, shard_id: str, owner: str, lease_counter: int) -> bool:
         async with self._transaction("release_lease", leases=True) as cur:
-            changed = await cur.execute(
-                "UPDATE shardflow_leases SET owner = NULL, lease_counter = lease_counter + 1, "
-                "expires_at = 0, handoff_to = NULL "
-                "WHERE stream = %s AND shard_id = %s AND owner = %s AND lease_counter = %s",
-                (stream, shard_id, owner, lease_counter),
-            )
+            changed = await cur.execute(_SQL.release, (stream, shard_id, owner, lease_counter))
         return bool(changed == 1)
 
     async def _request_handoff(self, stream: str, shard_id: str, requester: str) -> None:
         async with self._transaction("request_handoff", leases=True) as cur:
-            await cur.execute(
-                "UPDATE shardflow_leases SET handoff_to = %s "
-                "WHERE stream = %s AND shard_id = %s AND owner IS NOT NULL AND owner <> %s",
-                (requester, stream, shard_id, requester),
-            )
+            await cur.execute(_SQL.handoff, (requester, stream, shard_id, requester))
 
     async def now(self) -> float:
         async with self._transaction("now", leases=True) as cur:

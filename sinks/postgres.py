@@ -42,12 +42,14 @@ from processor.uris import mask_uri
 from sinks._pooled import PooledWarehouse, WriteAgain
 from sinks._shared import (
     DEAD_LETTER_COLUMNS,
+    LEASE_COLUMNS,
     LOAD_COLUMNS,
     LockBusy,
     dead_letter_params,
     lease_from_row,
     lease_lost,
     parents_json,
+    shared_sql,
 )
 from sinks.base import (
     PAGE_VIEW_COLUMNS,
@@ -88,14 +90,11 @@ _UPSERT_CHECKPOINT = (
     "updated_at = excluded.updated_at"
 )
 _NOW = "extract(epoch from clock_timestamp())::float8"
-_LEASE_COLUMNS = (
-    "l.stream, l.shard_id, l.owner, l.lease_counter, l.expires_at, l.parent_shard_ids, "
-    "c.sequence_number, l.handoff_to"
-)
 _WITH_CHECKPOINT = (
-    f"SELECT {_LEASE_COLUMNS} FROM changed l LEFT JOIN shardflow_checkpoints c "
+    f"SELECT {LEASE_COLUMNS} FROM changed l LEFT JOIN shardflow_checkpoints c "
     "ON c.stream = l.stream AND c.shard_id = l.shard_id ORDER BY l.shard_id"
 )
+_SQL = shared_sql("$")
 _RETRIABLE_CLASSES = frozenset(("08", "40", "53", "55", "57", "58"))
 """Connection exception, transaction rollback (deadlock, serialization), insufficient resources,
 object in use / lock not available, operator intervention (shutdown), system error."""
@@ -232,20 +231,12 @@ class PostgresWarehouse(PooledWarehouse):
 
     async def get_checkpoint(self, stream: str, shard_id: str) -> str | None:
         async with self._conn("get_checkpoint", leases=True) as conn:
-            value = await conn.fetchval(
-                "SELECT sequence_number FROM shardflow_checkpoints WHERE stream = $1 AND shard_id = $2",
-                stream,
-                shard_id,
-            )
+            value = await conn.fetchval(_SQL.get_checkpoint, stream, shard_id)
         return None if value is None else str(value)
 
     async def checkpoints(self, stream: str) -> list[Checkpoint]:
         async with self._conn("checkpoints", leases=True) as conn:
-            rows = await conn.fetch(
-                "SELECT stream, shard_id, sequence_number, lease_counter, updated_at "
-                "FROM shardflow_checkpoints WHERE stream = $1 ORDER BY shard_id",
-                stream,
-            )
+            rows = await conn.fetch(_SQL.checkpoints, stream)
         return [Checkpoint(r[0], r[1], r[2], int(r[3]), r[4]) for r in rows]
 
     async def list_dead_letters(
@@ -304,11 +295,7 @@ class PostgresWarehouse(PooledWarehouse):
 
     async def list_leases(self, stream: str) -> list[Lease]:
         async with self._conn("list_leases", leases=True) as conn:
-            rows = await conn.fetch(
-                f"SELECT {_LEASE_COLUMNS} FROM shardflow_leases l LEFT JOIN shardflow_checkpoints c "
-                "ON c.stream = l.stream AND c.shard_id = l.shard_id WHERE l.stream = $1 ORDER BY l.shard_id",
-                stream,
-            )
+            rows = await conn.fetch(_SQL.leases, stream)
         return [lease_from_row(*r) for r in rows]
 
     async def _take_lease(
@@ -348,26 +335,12 @@ class PostgresWarehouse(PooledWarehouse):
 
     async def _release_lease(self, stream: str, shard_id: str, owner: str, lease_counter: int) -> bool:
         async with self._conn("release_lease", leases=True) as conn:
-            status = await conn.execute(
-                "UPDATE shardflow_leases SET owner = NULL, lease_counter = lease_counter + 1, "
-                "expires_at = 0, handoff_to = NULL "
-                "WHERE stream = $1 AND shard_id = $2 AND owner = $3 AND lease_counter = $4",
-                stream,
-                shard_id,
-                owner,
-                lease_counter,
-            )
+            status = await conn.execute(_SQL.release, stream, shard_id, owner, lease_counter)
         return bool(status == "UPDATE 1")
 
     async def _request_handoff(self, stream: str, shard_id: str, requester: str) -> None:
         async with self._conn("request_handoff", leases=True) as conn:
-            await conn.execute(
-                "UPDATE shardflow_leases SET handoff_to = $3 "
-                "WHERE stream = $1 AND shard_id = $2 AND owner IS NOT NULL AND owner <> $3",
-                stream,
-                shard_id,
-                requester,
-            )
+            await conn.execute(_SQL.handoff, requester, stream, shard_id, requester)
 
     async def now(self) -> float:
         async with self._conn("now", leases=True) as conn:

@@ -34,6 +34,7 @@ from sinks._shared import (
     lease_from_row,
     parents_json,
     record_commit,
+    shared_sql,
 )
 from sinks.base import (
     PAGE_VIEW_COLUMNS,
@@ -63,11 +64,7 @@ _UPSERT_CHECKPOINT = (
     "sequence_number = excluded.sequence_number, lease_counter = excluded.lease_counter, "
     "updated_at = excluded.updated_at"
 )
-_SELECT_LEASES = (
-    "SELECT l.stream, l.shard_id, l.owner, l.lease_counter, l.expires_at, l.parent_shard_ids, "
-    "c.sequence_number, l.handoff_to FROM shardflow_leases l LEFT JOIN shardflow_checkpoints c "
-    "ON c.stream = l.stream AND c.shard_id = l.shard_id WHERE l.stream = ?"
-)
+_SQL = shared_sql("?")
 _PING_TIMEOUT = 2.0
 
 
@@ -274,29 +271,14 @@ class SqliteWarehouse(AsyncWarehouse):
 
     async def get_checkpoint(self, stream: str, shard_id: str) -> str | None:
         def get() -> str | None:
-            row = (
-                self._db()
-                .execute(
-                    "SELECT sequence_number FROM shardflow_checkpoints WHERE stream = ? AND shard_id = ?",
-                    (stream, shard_id),
-                )
-                .fetchone()
-            )
+            row = self._db().execute(_SQL.get_checkpoint, (stream, shard_id)).fetchone()
             return None if row is None else str(row[0])
 
         return await self._call(get)
 
     async def checkpoints(self, stream: str) -> list[Checkpoint]:
         def get() -> list[Checkpoint]:
-            rows = (
-                self._db()
-                .execute(
-                    "SELECT stream, shard_id, sequence_number, lease_counter, updated_at "
-                    "FROM shardflow_checkpoints WHERE stream = ? ORDER BY shard_id",
-                    (stream,),
-                )
-                .fetchall()
-            )
+            rows = self._db().execute(_SQL.checkpoints, (stream,)).fetchall()
             return [Checkpoint(r[0], r[1], r[2], int(r[3]), _parse_time(r[4])) for r in rows]
 
         return await self._call(get)
@@ -368,15 +350,15 @@ class SqliteWarehouse(AsyncWarehouse):
 
         await self._call(self._transaction, create)
 
-    def _leases(self, conn: sqlite3.Connection, stream: str, shard_id: str | None = None) -> list[Lease]:
-        sql, args = _SELECT_LEASES, [stream]
-        if shard_id is not None:
-            sql += " AND l.shard_id = ?"
-            args.append(shard_id)
-        return [lease_from_row(*r) for r in conn.execute(sql + " ORDER BY l.shard_id", args).fetchall()]
+    @staticmethod
+    def _lease(conn: sqlite3.Connection, stream: str, shard_id: str) -> Lease:
+        return lease_from_row(*conn.execute(_SQL.lease, (stream, shard_id)).fetchone())
 
     async def list_leases(self, stream: str) -> list[Lease]:
-        return await self._call(lambda: self._leases(self._db(), stream))
+        def get() -> list[Lease]:
+            return [lease_from_row(*r) for r in self._db().execute(_SQL.leases, (stream,)).fetchall()]
+
+        return await self._call(get)
 
     async def take_lease(
         self, stream: str, shard_id: str, owner: str, expected_counter: int, ttl: float
@@ -389,7 +371,7 @@ class SqliteWarehouse(AsyncWarehouse):
             )
             if cursor.rowcount != 1:
                 return None
-            return self._leases(conn, stream, shard_id)[0]
+            return self._lease(conn, stream, shard_id)
 
         return await self._call(self._transaction, take)
 
@@ -406,7 +388,7 @@ class SqliteWarehouse(AsyncWarehouse):
                     (expires, stream, shard_id, owner, counter),
                 )
                 if cursor.rowcount == 1:
-                    kept[shard_id] = self._leases(conn, stream, shard_id)[0]
+                    kept[shard_id] = self._lease(conn, stream, shard_id)
             return kept
 
         if not held:
@@ -415,23 +397,13 @@ class SqliteWarehouse(AsyncWarehouse):
 
     async def release_lease(self, stream: str, shard_id: str, owner: str, lease_counter: int) -> bool:
         def release(conn: sqlite3.Connection) -> bool:
-            cursor = conn.execute(
-                "UPDATE shardflow_leases SET owner = NULL, lease_counter = lease_counter + 1, "
-                "expires_at = 0, handoff_to = NULL "
-                "WHERE stream = ? AND shard_id = ? AND owner = ? AND lease_counter = ?",
-                (stream, shard_id, owner, lease_counter),
-            )
-            return cursor.rowcount == 1
+            return conn.execute(_SQL.release, (stream, shard_id, owner, lease_counter)).rowcount == 1
 
         return await self._call(self._transaction, release)
 
     async def request_handoff(self, stream: str, shard_id: str, requester: str) -> None:
         def ask(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE shardflow_leases SET handoff_to = ? "
-                "WHERE stream = ? AND shard_id = ? AND owner IS NOT NULL AND owner <> ?",
-                (requester, stream, shard_id, requester),
-            )
+            conn.execute(_SQL.handoff, (requester, stream, shard_id, requester))
 
         await self._call(self._transaction, ask)
 
