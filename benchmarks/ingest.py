@@ -35,7 +35,7 @@ from benchmarks.common import RssMonitor, emit, error_line, figure, interleaved,
 from processor.cli import run_async
 from processor.ingest.config import IngestConfig
 from processor.ingest.server import FrontEnd
-from processor.streams.base import PutRecord, PutResult, Stream, StreamDescription
+from processor.streams.base import MAX_PUT_RECORDS, PutRecord, PutResult, Stream, StreamDescription
 
 _RAW = """
 import orjson, uvloop
@@ -115,6 +115,8 @@ class _NoopStream:
     """A stream that takes every put at once and keeps nothing: the front end's cost alone."""
 
     name = "noop"
+    max_put_records = MAX_PUT_RECORDS
+    put_failures_keep_key_order = True
 
     async def describe(self) -> StreamDescription:
         return StreamDescription(self.name, "ACTIVE", ())

@@ -26,7 +26,7 @@ from processor import metrics
 from processor.buffer import Buffer
 from processor.errors import CorruptSpool, InvalidRequest, ShardflowError, StreamNotFound, Throttled
 from processor.spool import Entry, Spool
-from processor.streams.base import MAX_PUT_BYTES, MAX_PUT_RECORDS, PutRecord, Stream
+from processor.streams.base import MAX_PUT_BYTES, PutRecord, Stream
 
 __all__ = ["Flusher"]
 
@@ -143,7 +143,7 @@ class Flusher:
         """Top up the ready queue from memory, else from the spill on disk, within the hold cap."""
         if self._ready or self._held_bytes >= self.max_held_bytes:
             return
-        entries = self.buffer.take(MAX_PUT_RECORDS * 2, MAX_PUT_BYTES * 2)
+        entries = self.buffer.take(self.stream.max_put_records * 2, MAX_PUT_BYTES * 2)
         spilled = self.buffer.spilled_at
         if not entries and spilled is not None:
             try:
@@ -156,19 +156,26 @@ class Flusher:
         self._ready.extend(entries)
 
     def _build(self) -> list[Entry]:
+        """The next PutRecords batch, never overtaking an earlier record of a key still in flight.
+
+        Where the stream may fail a record yet store a later one of its key in the same call,
+        a batch carries at most one record per key; the rest wait their turn.
+        """
         batch: list[Entry] = []
         keys: set[str] = set()
         size = 0
         full = False
+        limit = self.stream.max_put_records
+        one_per_key = not self.stream.put_failures_keep_key_order
         for queue in (self._unblocked, self._ready):
             while queue and not full:
                 entry = queue[0]
                 key = entry.partition_key
-                if key in self._busy:
+                if key in self._busy or (one_per_key and key in keys):
                     queue.popleft()
                     self._waiting.setdefault(key, deque()).append(entry)
                     continue
-                if len(batch) >= MAX_PUT_RECORDS or (batch and size + entry.size > MAX_PUT_BYTES):
+                if len(batch) >= limit or (batch and size + entry.size > MAX_PUT_BYTES):
                     # Stop here, not just for this queue: a later queue may hold a later record
                     # of a key whose earlier record did not fit.
                     full = True

@@ -156,6 +156,11 @@ class Stream(Protocol):
     max_put_records: int
     """User records one `put_records` call may take: 500 (`MAX_PUT_RECORDS`) for plain streams;
     more for a stream that packs them into fewer Kinesis records (KPL aggregation)."""
+    put_failures_keep_key_order: bool
+    """True when a `put_records` call that fails a record never stores a later record of the same
+    partition key (all-or-nothing puts; KPL aggregation, which holds a shard back after a failure).
+    When False (plain PutRecords), a sender that must keep per-key order puts at most one record
+    of a key in one call."""
 
     async def create(self, shard_count: int) -> None:
         """Create the stream with `shard_count` shards over the whole hash-key space; wait until ACTIVE.

@@ -63,6 +63,8 @@ class EmbeddedStream:
     """A Kinesis-like stream stored in the SQLite file `path` under the stream name `name`."""
 
     max_put_records = MAX_PUT_RECORDS
+    put_failures_keep_key_order = True
+    """A put is one SQLite transaction: every record is stored, or none."""
 
     def __init__(
         self,

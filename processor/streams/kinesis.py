@@ -246,6 +246,9 @@ class KinesisStream:
         self.options = options
         self.name = options.name
         self.max_put_records = AGGREGATED_PUT_RECORDS if options.aggregate else MAX_PUT_RECORDS
+        # PutRecords may fail one record and store a later one of its key; aggregation packs a
+        # key's records together and holds its shard back after a failure.
+        self.put_failures_keep_key_order = options.aggregate
         self._exit = contextlib.AsyncExitStack()
         self._client: Any = None
         self._client_lock = asyncio.Lock()

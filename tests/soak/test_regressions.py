@@ -34,11 +34,6 @@ async def proxy(kinesalite_endpoint: str) -> AsyncIterator[KinesisFaultProxy]:
         yield p
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="processor/flusher.py Flusher._build puts several records of one key in one PutRecords "
-    "batch; when an earlier one fails per record and is retried, the later ones are already stored",
-)
 async def test_a_failed_record_is_not_overtaken_by_a_later_record_of_its_key_in_the_same_batch(
     tmp_path: Path, proxy: KinesisFaultProxy
 ) -> None:
