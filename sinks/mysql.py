@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import tempfile
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -79,6 +80,19 @@ _UPSERT_CHECKPOINT = (
     "VALUES (%s, %s, %s, %s, NOW(6)) ON DUPLICATE KEY UPDATE sequence_number = VALUES(sequence_number), "
     "lease_counter = VALUES(lease_counter), updated_at = VALUES(updated_at)"
 )
+# Quoted text and comments, so that a file clause is looked for in the statement itself only.
+_QUOTED_OR_COMMENT = re.compile(
+    r"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\"|`[^`]*`|/\*.*?\*/|(?:--\s|#)[^\n]*",
+    re.DOTALL,
+)
+_FILE_CLAUSE = re.compile(r"\bINTO\s+(?:OUTFILE|DUMPFILE)\b", re.IGNORECASE)
+
+
+def writes_server_file(sql: str) -> bool:
+    """True for `SELECT ... INTO OUTFILE/DUMPFILE`, which a READ ONLY transaction does not stop."""
+    return _FILE_CLAUSE.search(_QUOTED_OR_COMMENT.sub(" ", sql)) is not None
+
+
 _RETRIABLE_CODES = frozenset(
     (
         1040,  # too many connections
@@ -442,6 +456,8 @@ class MysqlWarehouse(PooledWarehouse):
 
     async def query(self, sql: str, *, limit: int = 10_000) -> QueryResult:
         """On a connection of its own whose session is READ ONLY (DDL is refused too)."""
+        if writes_server_file(sql):
+            raise InvalidRequest("query refused: INTO OUTFILE/DUMPFILE writes a file on the database server")
         async with self._errors("query"):
             conn = await aiomysql.connect(**self._connect)
             try:

@@ -148,12 +148,6 @@ def test_query_cannot_change_the_warehouse(
         assert "Traceback" not in err, err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sinks/mysql.py MysqlWarehouse.query: a READ ONLY transaction does not stop "
-    "SELECT ... INTO OUTFILE, so `shardflow query` writes files on the database server "
-    "whenever the warehouse user has the FILE privilege",
-)
 def test_mysql_query_cannot_write_files_on_the_server(mysql_url: str, tmp_path: Path) -> None:
     import uuid
 

@@ -57,3 +57,15 @@ async def test_falls_back_to_insert_ignore_when_load_data_is_refused(mysql_url: 
         assert await wh.get_checkpoint(STREAM, SHARD) == "301"
     finally:
         await wh.close()
+
+
+def test_file_clauses_are_found_outside_quotes_and_comments_only() -> None:
+    from sinks.mysql import writes_server_file
+
+    assert writes_server_file("SELECT 1 INTO OUTFILE '/tmp/x'")
+    assert writes_server_file("select * from page_views into\n dumpfile '/tmp/x'")
+    assert writes_server_file("SELECT 'a' /* c */ INTO  OUTFILE '/tmp/x'")
+    assert not writes_server_file("SELECT 'INTO OUTFILE' AS s")
+    assert not writes_server_file('SELECT "x into outfile y"')
+    assert not writes_server_file("SELECT 1 -- into outfile\n")
+    assert not writes_server_file("SELECT 1 INTO @v")
