@@ -203,7 +203,7 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "workers",
         Kind.INT,
         0,
-        "enrichment worker processes (0: one per core)",
+        "enrichment workers (0: one per core beyond the first; 1 runs as a thread)",
         scope=Scope.CONSUME,
         metavar="N",
     ),
