@@ -20,12 +20,20 @@ every frame that still checks out, and the original kept beside it as `<id>.seg.
 A segment is deleted once it is sealed (the writer moved on) and every record in it was acked;
 a clean close also deletes the current segment when every record in it was acked, so a restart
 after SIGTERM re-sends nothing (a segment partly acked when a drain timed out is re-sent whole).
+
+A failed write (ENOSPC, EIO) fails exactly the appends in it with `SpoolUnwritable`: the files
+are cut back to where the write began (or, when even that fails, the writer moves on to a fresh
+segment), so none of their records is half-kept and every record written before stays readable.
+Every append's future resolves, written or failed. The next append is tried again as usual, and
+while the last write failed a small probe write every `retry_interval` tells when the disk takes
+bytes again; `write_error` says why until then.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import struct
@@ -40,7 +48,7 @@ from processor import metrics
 from processor.errors import CorruptSpool
 from processor.ingest.config import FsyncPolicy
 
-__all__ = ["Entry", "Position", "Spool", "SpoolFull", "frame", "scan_frames"]
+__all__ = ["Entry", "Position", "Spool", "SpoolFull", "SpoolUnwritable", "frame", "scan_frames"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +62,9 @@ _WRITE_CHUNK: Final = 8 * 1024 * 1024
 """Most bytes one group commit writes; the rest waits for the next write."""
 _INLINE_WRITE: Final = 256 * 1024
 """Writes up to this size (no fsync, no new segment) go straight to the page cache from the loop."""
+_PROBE_BYTES: Final = 64 * 1024
+_PROBE_NAME: Final = ".probe"
+_DISK_FULL: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 Position = tuple[int, int]
 """(segment id, byte offset) of a frame; tuples order as the spool does."""
@@ -66,6 +77,26 @@ class SpoolFull(Exception):
         self.used = used
         self.limit = limit
         super().__init__(f"the spool holds {used} bytes of its {limit}-byte limit")
+
+
+class SpoolUnwritable(Exception):
+    """The write holding these records failed (disk full, I/O error); none of them was kept.
+
+    Retry later: the spool tries again on the next append.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+def _write_failure(exc: BaseException) -> str:
+    """What a failed write means for the client: "spool disk full" or the I/O error."""
+    if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+        return f"spool disk full ({os.strerror(exc.errno)})"
+    if isinstance(exc, OSError) and exc.errno:
+        return f"spool disk error ({os.strerror(exc.errno)})"
+    return f"spool write failed ({type(exc).__name__})"
 
 
 @dataclass(slots=True)
@@ -187,12 +218,15 @@ class Spool:
         fsync_interval: float = 0.1,
         segment_bytes: int = 16 * 1024 * 1024,
         max_bytes: int = 1024 * 1024 * 1024,
+        retry_interval: float = 1.0,
     ) -> None:
         self.directory = Path(directory)
         self.fsync = fsync
         self.fsync_interval = fsync_interval
         self.segment_bytes = segment_bytes
         self.max_bytes = max_bytes
+        self.retry_interval = retry_interval
+        """While the last write failed, how often a probe write checks whether the disk takes bytes."""
         self.on_written: Callable[[list[Entry]], None] = lambda entries: None
         self._segments: dict[int, _Segment] = {}
         self._current = 0
@@ -207,7 +241,9 @@ class Spool:
         self._to_delete: list[int] = []
         self._writer_task: asyncio.Task[None] | None = None
         self._fsync_task: asyncio.Task[None] | None = None
-        self._failure: BaseException | None = None
+        self.write_error: str | None = None
+        """Why the last write failed ("spool disk full ..."); None once a write succeeds."""
+        self._abandon_to: int | None = None
         self._last_future: asyncio.Future[None] | None = None
         self.recovered: Position | None = None
         """Where the records left by an earlier run start, or None when there were none."""
@@ -241,8 +277,7 @@ class Spool:
         nothing acknowledged. Idempotent. (After SIGKILL the current segment is re-sent whole.)"""
         if self._writer_task is None:
             return
-        if self._failure is None:
-            await self.flush()
+        await self.flush()
         for task in (self._fsync_task, self._writer_task):
             if task is not None:
                 task.cancel()
@@ -250,7 +285,10 @@ class Spool:
                     await task
         self._writer_task = self._fsync_task = None
         async with self._io_lock:
-            await asyncio.to_thread(self._close_fd, self.fsync != "never")
+            try:
+                await asyncio.to_thread(self._close_fd, self.fsync != "never")
+            except OSError as exc:
+                log.error("spool: the last fsync on close failed: %s", exc)
             done = [s for s, state in self._segments.items() if state.acked >= state.written]
             deletions, self._to_delete = sorted({*self._to_delete, *done}), []
             await asyncio.to_thread(self._delete, deletions)
@@ -260,11 +298,13 @@ class Spool:
                 self._size -= gone.size
         self._publish()
 
-    async def flush(self) -> None:
-        """Return once everything appended so far is written."""
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every append so far is written or has failed; False if `timeout` ran out."""
         last = self._last_future
-        if last is not None and not last.done():
-            await asyncio.shield(last)
+        if last is None or last.done():
+            return True
+        done, _ = await asyncio.wait([last], timeout=timeout)
+        return bool(done)
 
     async def __aenter__(self) -> Spool:
         await self.open()
@@ -293,10 +333,9 @@ class Spool:
     def append(self, records: Sequence[tuple[str, bytes]]) -> asyncio.Future[None]:
         """Queue (partition key, data) records; the future resolves once they are written.
 
-        Raises SpoolFull, writing nothing, when they would take the spool past `max_bytes`.
+        Raises SpoolFull, writing nothing, when they would take the spool past `max_bytes`. The
+        future fails with SpoolUnwritable, none of the records kept, when their write fails.
         """
-        if self._failure is not None:
-            raise CorruptSpool(f"the spool cannot be written: {self._failure}")
         nbytes = sum(HEADER_BYTES + _KEY_LEN.size + len(k) * 4 + len(d) for k, d in records)
         if self.size_bytes + nbytes > self.max_bytes:
             raise SpoolFull(self.size_bytes, self.max_bytes)
@@ -360,32 +399,35 @@ class Spool:
 
     async def _writer_loop(self) -> None:
         while True:
-            await self._wake.wait()
+            if self.write_error is None:
+                await self._wake.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.retry_interval):
+                        await self._wake.wait()
+                if not self._wake.is_set():
+                    await self._probe()
+                    continue
             self._wake.clear()
             while self._queue or self._to_delete:
-                try:
-                    await self._write_some()
-                except OSError as exc:
-                    log.error("spool write failed, refusing new events: %s", exc)
-                    self._failure = exc
-                    while self._queue:
-                        item = self._queue.popleft()
-                        if not item.future.done():
-                            item.future.set_exception(CorruptSpool(f"spool write failed: {exc}"))
-                    return
+                await self._write_some()
 
     async def _write_some(self) -> None:
+        """One group commit: the queued appends up to `_WRITE_CHUNK`, written or failed together."""
         appends: list[_Append] = []
         total = 0
         while self._queue and (not appends or total + self._queue[0].nbytes <= _WRITE_CHUNK):
             item = self._queue.popleft()
             appends.append(item)
             total += item.nbytes
+        if self._abandon_to is not None:
+            self._abandon_current(self._abandon_to)
         chunks: list[_Chunk] = []
         entries: list[Entry] = []
         segment = self._current
         size = self._segments[segment].size
         state = self._segments[segment]
+        start = (segment, size)
         if size >= self.segment_bytes // 4 and state.acked >= state.written:
             # Everything here reached the stream: start afresh so this file can go.
             chunks.append(_Chunk(segment, roll_after=True))
@@ -419,19 +461,37 @@ class Spool:
         counts[segment] = in_chunk
         deletions, self._to_delete = self._to_delete, []
         do_sync = self.fsync == "always"
-        if (
-            not do_sync
-            and not deletions
-            and len(chunks) == 1
-            and not chunks[0].roll_after
-            and self._fd is not None
-            and len(chunks[0].data) <= _INLINE_WRITE
-        ):
-            # A small append to the page cache costs less than the hop to a thread and back.
-            self._write_chunks(chunks, False, [])
-        else:
-            async with self._io_lock:
-                await asyncio.to_thread(self._write_chunks, chunks, do_sync, deletions)
+        try:
+            if (
+                not do_sync
+                and not deletions
+                and len(chunks) == 1
+                and not chunks[0].roll_after
+                and self._fd is not None
+                and len(chunks[0].data) <= _INLINE_WRITE
+            ):
+                # A small append to the page cache costs less than the hop to a thread and back.
+                self._write_chunks(chunks, False, [], start)
+            else:
+                async with self._io_lock:
+                    await asyncio.to_thread(self._write_chunks, chunks, do_sync, deletions, start)
+        except asyncio.CancelledError:
+            self._forget(deletions)
+            self._fail(appends, "the spool is closing")
+            raise
+        except Exception as exc:
+            self._forget(deletions)
+            reason = _write_failure(exc)
+            if not isinstance(exc, OSError):
+                log.exception("spool write failed unexpectedly")
+            elif self.write_error is None:
+                log.error("%s: %s; answering 503 until the spool can be written", reason, exc)
+            self.write_error = reason
+            self._fail(appends, reason)
+            return
+        if appends and self.write_error is not None:
+            log.info("the spool can be written again")
+            self.write_error = None
         for chunk in chunks:
             state = self._segments.setdefault(
                 chunk.segment, _Segment(self.directory / _segment_name(chunk.segment))
@@ -447,10 +507,7 @@ class Spool:
                 )
                 if state.acked >= state.written:
                     self._retire(chunk.segment)
-        for segment in deletions:
-            gone = self._segments.pop(segment, None)
-            if gone is not None:
-                self._size -= gone.size
+        self._forget(deletions)
         self._pending_events += len(entries)
         for item in appends:
             self._queued_bytes -= item.nbytes
@@ -461,6 +518,49 @@ class Spool:
         for item in appends:
             if not item.future.done():
                 item.future.set_result(None)
+
+    def _fail(self, appends: list[_Append], reason: str) -> None:
+        """Fail these appends: none of their records is in the spool."""
+        error = SpoolUnwritable(reason)
+        for item in appends:
+            self._queued_bytes -= item.nbytes
+            if not item.future.done():
+                item.future.set_exception(error)
+                # Marked retrieved: a client that hung up leaves nobody to await it, and the
+                # failure is logged once above, not once per request.
+                item.future.exception()
+        self._publish()
+
+    def _forget(self, deletions: list[int]) -> None:
+        """Drop deleted segments from the books (their files went first thing in the write)."""
+        for segment in deletions:
+            gone = self._segments.pop(segment, None)
+            if gone is not None:
+                self._size -= gone.size
+
+    def _abandon_current(self, fresh: int) -> None:
+        """Seal the current segment at its last good frame and go on in segment `fresh`.
+
+        For when a failed write could not be cut back: bytes past `size` are never read here.
+        """
+        old = self._current
+        state = self._segments[old]
+        state.sealed = True
+        self._current = fresh
+        self._segments[fresh] = _Segment(self.directory / _segment_name(fresh))
+        self._abandon_to = None
+        if state.acked >= state.written:
+            self._retire(old)
+
+    async def _probe(self) -> None:
+        """While the last write failed: does the disk take bytes again? Clears `write_error` if so."""
+        try:
+            await asyncio.to_thread(self._probe_write)
+        except OSError:
+            return
+        if self.write_error is not None:
+            log.info("the spool disk takes writes again")
+            self.write_error = None
 
     def _retire(self, segment: int) -> None:
         self._to_delete.append(segment)
@@ -499,32 +599,78 @@ class Spool:
             _fsync_dir(self.directory)
 
     def _close_fd(self, sync: bool) -> None:
-        if self._fd is not None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
             if sync:
-                os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = None
+                os.fsync(fd)
+        finally:
+            os.close(fd)
 
-    def _write_chunks(self, chunks: list[_Chunk], sync: bool, deletions: list[int]) -> None:
-        for chunk in chunks:
-            if self._fd is None:
-                self._open_segment(chunk.segment)
-            assert self._fd is not None
-            view = memoryview(chunk.data)
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
-            if chunk.roll_after:
-                self._close_fd(self.fsync != "never")
-                self._open_segment(chunk.segment + 1)
-            elif sync:
-                os.fsync(self._fd)
+    def _write_chunks(self, chunks: list[_Chunk], sync: bool, deletions: list[int], start: Position) -> None:
+        """Write the chunks from `start` on, rolling segments as marked; on any error, undo them.
+
+        Acked segments go first: on a full disk their room is what the write needs.
+        """
         self._delete(deletions)
+        try:
+            for chunk in chunks:
+                if self._fd is None:
+                    self._open_segment(chunk.segment)
+                assert self._fd is not None
+                view = memoryview(chunk.data)
+                while view:
+                    written = os.write(self._fd, view)
+                    view = view[written:]
+                if chunk.roll_after:
+                    self._close_fd(self.fsync != "never")
+                    self._open_segment(chunk.segment + 1)
+                elif sync:
+                    os.fsync(self._fd)
+        except BaseException:
+            self._undo(start, chunks[-1].segment + 1)
+            raise
+
+    def _undo(self, start: Position, last: int) -> None:
+        """Cut the files of a failed write back to `start`, so no frame of it stays on disk.
+
+        The fd is left closed; the next write opens the segment again (O_APPEND: at its end).
+        When a file cannot be cut back, the next write moves on to a segment past `last`.
+        """
+        with contextlib.suppress(OSError):
+            self._close_fd(False)
+        segment, size = start
+        try:
+            for later in range(segment + 1, last + 1):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.directory / _segment_name(later))
+            os.truncate(self.directory / _segment_name(segment), size)
+        except OSError as exc:
+            log.error("spool: cannot cut a failed write back (%s); going on in a new segment", exc)
+            self._abandon_to = last + 1
+
+    def _probe_write(self) -> None:
+        path = self.directory / _PROBE_NAME
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, bytes(_PROBE_BYTES))
+            finally:
+                os.close(fd)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
     def _delete(self, segments: list[int]) -> None:
         for segment in segments:
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.unlink(self.directory / _segment_name(segment))
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                # Every record in it is acked: left behind, it is only sent again after a restart.
+                log.error("spool: cannot delete an acked segment: %s", exc)
 
     def _recover(self) -> dict[int, _Segment]:
         """Every segment left by an earlier run, each cut back to its last good frame."""

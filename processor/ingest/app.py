@@ -2,12 +2,14 @@
 
 Resources start in order and stop in reverse: the spool opens (recovering what a crash left),
 then the flusher starts; on shutdown the flusher drains to the stream for up to
-`drain_timeout` and stops, then the spool writes what is queued, fsyncs and closes. Whatever the
-stream did not take stays in the spool for the next start.
+`drain_timeout` (a hard bound, whatever the disk or the stream does) and stops, then the spool
+writes what is queued, fsyncs and closes. Whatever the stream did not take stays in the spool
+for the next start.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -25,6 +27,9 @@ from processor.streams.base import Stream
 __all__ = ["FLUSHER", "SPOOL", "make_app"]
 
 log = logging.getLogger(__name__)
+
+_DRAIN_GRACE = 1.0
+"""Seconds past drain_timeout before a drain still waiting on the disk is cut short."""
 
 SPOOL = web.AppKey("spool", Spool)
 BUFFER = web.AppKey("buffer", Buffer)
@@ -70,7 +75,12 @@ def make_app(config: IngestConfig, stream: Stream) -> web.Application:
         await flusher.start()
         yield
         try:
-            if not await flusher.drain(config.drain_timeout):
+            try:
+                async with asyncio.timeout(config.drain_timeout + _DRAIN_GRACE):
+                    drained = await flusher.drain(config.drain_timeout)
+            except TimeoutError:
+                drained = False
+            if not drained:
                 log.warning(
                     "drain timed out after %.1f s; %d events stay in the spool for the next start",
                     config.drain_timeout,
@@ -87,9 +97,12 @@ def make_app(config: IngestConfig, stream: Stream) -> web.Application:
 
 
 def readiness(app: web.Application, config: IngestConfig) -> str | None:
-    """None when ready to take events, else why not ("spool full" from 90 % of its limit on)."""
+    """None when ready to take events, else why not ("spool full" from 90 % of its limit on,
+    the spool's write error while its last write failed, the stream's)."""
     reasons: list[str] = []
     spool = app[SPOOL]
+    if spool.write_error is not None:
+        reasons.append(spool.write_error)
     if spool.size_bytes >= config.spool_max_bytes * 0.9:
         reasons.append(f"spool full: {spool.size_bytes} of {config.spool_max_bytes} bytes")
     stream_error = app[FLUSHER].stream_error

@@ -14,7 +14,6 @@ from typing import Any
 import orjson
 
 from processor import metrics
-from processor.errors import CorruptSpool
 from processor.event import (
     EventError,
     Limits,
@@ -27,7 +26,7 @@ from processor.event import (
 )
 from processor.ingest.config import IngestConfig
 from processor.ingest.errors import Problem, RequestError
-from processor.spool import Spool, SpoolFull
+from processor.spool import Spool, SpoolFull, SpoolUnwritable
 
 __all__ = ["Batch", "Intake"]
 
@@ -86,15 +85,18 @@ class Intake:
         batch.rejected.append({"index": index, "error": reason})
 
     async def submit(self, batch: Batch) -> None:
-        """Write the batch to the spool; 503 (nothing admitted) when the spool is full."""
+        """Write the batch to the spool; 503 (nothing admitted) when the spool is full or its
+        write failed (disk full, I/O error)."""
         if not batch.records:
             return
         try:
             await self.spool.append(batch.records)
         except SpoolFull as exc:
             raise RequestError(Problem.FULL, f"the spool is full ({exc}); retry later") from None
-        except CorruptSpool as exc:
-            raise RequestError(Problem.UNAVAILABLE, f"events cannot be stored now: {exc}") from None
+        except SpoolUnwritable as exc:
+            raise RequestError(
+                Problem.UNAVAILABLE, f"{exc.reason}: the events were not stored; retry later"
+            ) from None
         if batch.accepted:
             _ACCEPTED.inc(batch.accepted)
         if batch.rejected:

@@ -119,13 +119,6 @@ def _disk_config(disk: Path) -> IngestConfig:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="processor/spool.py Spool._write_some/_writer_loop: when a write fails (ENOSPC) the futures "
-    "of the appends in that write are never resolved (those requests hang, and Flusher.drain awaits "
-    "Spool.flush forever, so stop() never returns), and the spool refuses every append for good even "
-    "once the disk has room again, while /readyz still answers 200",
-)
 async def test_a_full_disk_is_answered_503_and_once_freed_the_front_end_takes_events(
     small_disk: Path,
 ) -> None:
