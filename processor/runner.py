@@ -2,8 +2,12 @@
 
 Start order: stream (created when absent by `run`, and by any role on the embedded stream),
 consumer (which creates the warehouse schema), front end, so that once the port answers the
-whole path works. On SIGINT or SIGTERM the drain runs in the
-order that loses nothing:
+whole path works. The front end never depends on the stream to start: when Kinesis answers
+errors, is unreachable or the stream is missing (an operator may be creating it), that is logged
+in one line and the front end listens and spools at once; `ingest` retries in the background with
+capped backoff, `consume` (and the consumer half of `run`) waits, retrying, until the stream
+answers or a signal asks it to stop. Only a fatal error (bad URI, credentials refused) ends the
+start, with exit status 2. On SIGINT or SIGTERM the drain runs in the order that loses nothing:
 
     front end stops accepting ─► buffer flushed to the stream (drain_timeout; the rest stays
     in the spool) ─► consumer reads what is left (drain_timeout) ─► in-flight batches commit ─►
@@ -31,7 +35,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from processor import __version__, metrics
 from processor.config import Settings
-from processor.errors import ConfigError, StreamNotFound
+from processor.errors import ConfigError, FatalError, RetriableError, StreamNotFound
 from processor.logs import log_context
 from processor.statusline import StatusLine, snapshot
 from processor.streams.base import Stream
@@ -50,6 +54,12 @@ _EXAMPLE = '{"url":"https://shop.example/p?utm_source=x","anonymous_id":"a1"}'
 
 FORCED_EXIT = 130
 """Exit status after a second signal (as a shell reports an interrupted command)."""
+
+_STREAM_TRY_SECONDS = 5.0
+"""Deadline of one attempt to reach the stream at start."""
+_STREAM_RETRY_FIRST = 0.5
+_STREAM_RETRY_CAP = 15.0
+"""Capped exponential backoff between attempts to reach a stream that is not there yet."""
 
 
 class Role(enum.StrEnum):
@@ -102,6 +112,47 @@ async def ensure_stream(stream: Stream, shards: int) -> tuple[int, bool]:
         await stream.create(shards)
         description = await stream.describe()
         return len(description.open_shards), True
+
+
+async def _reach_stream(stream: Stream, shards: int, create: bool) -> tuple[int, bool]:
+    """(open shards, created?) within one attempt's deadline; raises what the stream answered."""
+    async with asyncio.timeout(_STREAM_TRY_SECONDS):
+        if create:
+            return await ensure_stream(stream, shards)
+        return len((await stream.describe()).open_shards), False
+
+
+def _why_not(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {_STREAM_TRY_SECONDS:.0f} s"
+    if isinstance(exc, StreamNotFound):
+        return f"{exc} (create it with `shardflow stream create`)"
+    return str(exc) or type(exc).__name__
+
+
+async def wait_for_stream(
+    stream: Stream, shards: int, create: bool, stop: asyncio.Event
+) -> tuple[int, bool] | None:
+    """Retry reaching the stream with capped backoff until it answers; None if `stop` is set first.
+
+    A missing stream, a server error or no answer is retried (logged when the reason changes);
+    a fatal error (bad configuration, credentials refused) is raised.
+    """
+    delay = _STREAM_RETRY_FIRST
+    last = ""
+    while not stop.is_set():
+        try:
+            return await _reach_stream(stream, shards, create)
+        except (RetriableError, StreamNotFound, TimeoutError, OSError) as exc:
+            reason = _why_not(exc)
+            if reason != last:
+                log.warning("the stream is not available yet, retrying: %s", reason)
+                last = reason
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await stop.wait()
+        delay = min(_STREAM_RETRY_CAP, delay * 2)
+    return None
 
 
 @dataclass
@@ -164,22 +215,45 @@ class Runner:
         async with AsyncExitStack() as stack:
             stream = open_stream_for(settings)
             stack.push_async_callback(stream.close)
-            if role is Role.RUN or settings.common.stream.startswith("sqlite:"):
-                open_shards, created = await ensure_stream(stream, settings.common.shards)
+            shards = settings.common.shards
+            embedded = settings.common.stream.startswith("sqlite:")
+            create = role is Role.RUN or embedded
+            reached: tuple[int, bool] | None
+            if embedded:
+                reached = await ensure_stream(stream, shards)
             else:
-                open_shards, created = len((await stream.describe()).open_shards), False
+                try:
+                    reached = await _reach_stream(stream, shards, create)
+                except (RetriableError, StreamNotFound, TimeoutError, OSError) as exc:
+                    log.warning(
+                        "the stream %s is not available yet (%s); %s",
+                        mask_uri(settings.common.stream),
+                        _why_not(exc),
+                        "listening and spooling meanwhile, retrying in the background"
+                        if role.ingests
+                        else "waiting for it",
+                    )
+                    reached = None
+            front = None
+            if role.ingests and reached is None:
+                front = await self._start_front(stack, stream)
+            if reached is None and role.consumes:
+                reached = await wait_for_stream(stream, shards, create, self._signals.stop)
+                if reached is None:
+                    await self._drain(front, None)
+                    return
+            elif reached is None:
+                task = asyncio.create_task(self._reach_later(stream, shards, create), name="stream-wait")
+                stack.push_async_callback(_cancelled, task)
             consumer = await self._start_consumer(stack, stream) if role.consumes else None
             port = 0
-            front = None
             if role.ingests:
-                from processor.ingest.server import FrontEnd
-
-                front = FrontEnd(settings.ingest, stream)
-                stack.push_async_callback(front.stop)
-                await _listen(front.start, settings.ingest.host, settings.ingest.port)
+                if front is None:
+                    front = await self._start_front(stack, stream)
                 port = front.port
             elif consumer is not None:
                 port = await self._start_health(stack, consumer)
+            open_shards, created = reached if reached is not None else (None, False)
 
             self._banner(port, open_shards, created, consumer.consumer_id if consumer else None)
             status = StatusLine(
@@ -188,6 +262,27 @@ class Runner:
             async with status:
                 await self._signals.stop.wait()
             await self._drain(front, consumer)
+
+    async def _start_front(self, stack: AsyncExitStack, stream: Stream) -> FrontEnd:
+        from processor.ingest.server import FrontEnd
+
+        front = FrontEnd(self.settings.ingest, stream)
+        stack.push_async_callback(front.stop)
+        await _listen(front.start, self.settings.ingest.host, self.settings.ingest.port)
+        return front
+
+    async def _reach_later(self, stream: Stream, shards: int, create: bool) -> None:
+        """Keep trying the stream behind a front end that already spools; say when it answers."""
+        while True:
+            try:
+                reached = await wait_for_stream(stream, shards, create, self._signals.stop)
+            except FatalError as exc:
+                log.error("the stream refuses this front end (%s); events wait in the spool", exc)
+                await asyncio.sleep(_STREAM_RETRY_CAP)
+                continue
+            if reached is not None:
+                log.info("the stream answers: %d open shards; sending the spool", reached[0])
+            return
 
     async def _start_consumer(self, stack: AsyncExitStack, stream: Stream) -> Consumer:
         from shard_consumer.consumer import Consumer
@@ -239,7 +334,7 @@ class Runner:
             final.loaded,
         )
 
-    def _banner(self, port: int, open_shards: int, created: bool, consumer_id: str | None) -> None:
+    def _banner(self, port: int, open_shards: int | None, created: bool, consumer_id: str | None) -> None:
         s = self.settings
         host = s.ingest.host
         shown_host = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::", "") else host
@@ -250,10 +345,8 @@ class Runner:
             )
         elif port:
             lines.append(f"  health       http://{host}:{port}  (GET /healthz /readyz /metrics)")
-        lines.append(
-            f"  stream       {mask_uri(s.common.stream)}  "
-            f"({open_shards} open shards{', created' if created else ''})"
-        )
+        shown = "not available yet, retrying" if open_shards is None else f"{open_shards} open shards"
+        lines.append(f"  stream       {mask_uri(s.common.stream)}  ({shown}{', created' if created else ''})")
         if self.role.consumes:
             lines.append(f"  warehouse    {mask_uri(s.common.warehouse)}")
             lines.append(f"  consumer     {consumer_id}")
@@ -274,6 +367,12 @@ class Runner:
         lines += ["", "Ctrl-C (or SIGTERM) drains and stops; twice forces.", ""]
         self._out.write("\n".join(lines) + "\n")
         self._out.flush()
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _listen(start: Callable[[], object], host: str, port: int) -> None:

@@ -144,11 +144,6 @@ async def test_a_full_disk_is_answered_503_and_once_freed_the_front_end_takes_ev
         await stream.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="processor/runner.py Runner._run: `shardflow ingest` on Kinesis calls describe() once at start "
-    "and exits 1 on a transient error (InternalFailure, 503), instead of starting and spooling",
-)
 def test_ingest_starts_while_the_stream_answers_errors(tmp_path: Path, kinesalite_endpoint: str) -> None:
     import os
     import subprocess
