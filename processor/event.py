@@ -73,7 +73,8 @@ class Limits:
     max_past_seconds: float = 366 * 24 * 3600.0
     max_future_seconds: float = 24 * 3600.0
     max_record_bytes: int = MAX_RECORD_BYTES - 512
-    """Encoded event size; the stream's 1 MiB record limit less room for the partition key."""
+    """Encoded event size; the stream's 1 MiB record limit less room for the partition key (a
+    wider key, up to 256 characters of 4 bytes, is checked with the event by `encode_event`)."""
 
 
 DEFAULT_LIMITS: Final = Limits()
@@ -332,7 +333,20 @@ def encode_event(event: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS) -> b
         raise EventError("", f"cannot be encoded: {exc}") from None
     if len(data) > limits.max_record_bytes:
         raise EventError("", f"is {len(data)} bytes encoded; the limit is {limits.max_record_bytes}")
+    if len(data) > MAX_RECORD_BYTES - _MAX_KEY_BYTES:
+        # the stream counts the partition key's UTF-8 bytes against the same 1 MiB
+        key_bytes = len(partition_key(event).encode("utf-8"))
+        if len(data) + key_bytes > MAX_RECORD_BYTES:
+            raise EventError(
+                "",
+                f"is {len(data)} bytes encoded, with its {key_bytes}-byte partition key over the "
+                f"stream's {MAX_RECORD_BYTES}-byte record limit",
+            )
     return data
+
+
+_MAX_KEY_BYTES: Final = 4 * 256
+"""The most UTF-8 bytes a partition key takes: 256 characters of at most 4 bytes."""
 
 
 _MAX_DEAD_LETTER_ID: Final = 128
@@ -356,16 +370,36 @@ def encode_dead_letter(
     *,
     letter_id: str | None = None,
 ) -> bytes:
-    """A dead-letter record for the stream; the payload is kept verbatim up to `max_bytes`.
+    """A dead-letter record for the stream; the payload is kept verbatim up to `max_bytes` of
+    UTF-8, and cut further when JSON escapes would take the record past the stream's limit.
 
     The letter gets `letter_id`, or a new UUIDv7: encode once and keep the bytes, so every
     re-send of the record is recognised as the same letter.
     """
     text = payload.decode("utf-8", "backslashreplace") if isinstance(payload, bytes) else payload
-    if len(text) > max_bytes:
-        text = text[:max_bytes] + "...[truncated]"
     key = letter_id if letter_id is not None else new_event_id()
-    return orjson.dumps({"dead_letter": {"id": key, "stage": stage, "reason": reason, "payload": text}})
+    reason = _cut(reason, _MAX_REASON_BYTES)
+    budget = max_bytes
+    while True:
+        record = orjson.dumps(
+            {"dead_letter": {"id": key, "stage": stage, "reason": reason, "payload": _cut(text, budget)}}
+        )
+        if len(record) <= DEFAULT_LIMITS.max_record_bytes:
+            return record
+        budget //= 2
+
+
+_MAX_REASON_BYTES: Final = 8192
+
+
+def _cut(text: str, max_bytes: int) -> str:
+    """`text` within `max_bytes` of UTF-8 (whole characters), marked when it was cut."""
+    if len(text) <= max_bytes // 4:
+        return text
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= max_bytes:
+        return text
+    return data[:max_bytes].decode("utf-8", "ignore") + "...[truncated]"
 
 
 def decode_record(data: bytes) -> dict[str, Any] | DeadLetterRecord:

@@ -208,24 +208,35 @@ class Flusher:
     # -- sending -------------------------------------------------------------------------------
 
     async def _send(self, batch: list[Entry]) -> None:
-        pending = batch
+        """Put `batch` until every record is acknowledged or refused for good.
+
+        A call the stream refuses as invalid is split in halves, sent in order, down to the one
+        record at fault: a bad record is dropped alone, never with the good ones beside it.
+        """
+        parts: deque[list[Entry]] = deque([batch])
         attempt = 0
         try:
-            while pending:
+            while parts:
+                pending = parts.popleft()
                 try:
                     async with asyncio.timeout(self.put_timeout):
                         results = await self.stream.put_records(
                             [PutRecord(e.data, e.partition_key) for e in pending]
                         )
                 except InvalidRequest as exc:
-                    log.error("the stream refused %d records as invalid, dropped: %s", len(pending), exc)
-                    metrics.PUT_RECORDS.labels("failed").inc(len(pending))
+                    if len(pending) > 1:
+                        half = len(pending) // 2
+                        parts.extendleft((pending[half:], pending[:half]))
+                        continue
+                    log.error("the stream refused a record as invalid, dropped: %s", exc)
+                    metrics.PUT_RECORDS.labels("failed").inc()
                     self._done(pending)
-                    return
+                    continue
                 except (ShardflowError, TimeoutError, OSError) as exc:
                     self._unreachable(exc)
                     attempt += 1
                     await asyncio.sleep(self._backoff(attempt, throttled=isinstance(exc, Throttled)))
+                    parts.appendleft(pending)
                     continue
                 except Exception as exc:
                     # A backend bug must not strand records: say so loudly and keep retrying.
@@ -233,6 +244,7 @@ class Flusher:
                     self._unreachable(exc)
                     attempt += 1
                     await asyncio.sleep(self._backoff(attempt, throttled=False))
+                    parts.appendleft(pending)
                     continue
                 self._reachable()
                 failed: list[Entry] = []
@@ -259,7 +271,7 @@ class Flusher:
                     metrics.PUT_RECORDS.labels("retried").inc(len(failed))
                     attempt += 1
                     await asyncio.sleep(self._backoff(attempt, throttled=throttled))
-                pending = failed
+                    parts.appendleft(failed)
         finally:
             self._settle(batch)
 
