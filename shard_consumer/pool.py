@@ -11,11 +11,13 @@ batches, and every batch when `workers` is 1, are processed without the hand-off
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import os
 import sys
 from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, NamedTuple
 
 from processor.event import DeadLetterRecord, EventError, decode_record
@@ -24,6 +26,8 @@ from shard_consumer.enrich import parse_agent, to_page_view
 from sinks.base import DeadLetter, PageView
 
 __all__ = ["Processed", "WorkerPool", "dead_letter_key", "default_workers", "process_records"]
+
+log = logging.getLogger(__name__)
 
 _MAX_PAYLOAD_CHARS = 256 * 1024
 
@@ -144,6 +148,7 @@ class WorkerPool:
         self._inline_below = inline_below
         self._executor: Executor | None = None
         self._short_switch = False
+        self._restart_lock = asyncio.Lock()
 
     async def start(self) -> None:
         """Start the workers and wait until each answers. Idempotent."""
@@ -158,6 +163,9 @@ class WorkerPool:
             self._short_switch = True
             await asyncio.get_running_loop().run_in_executor(self._executor, _warm_up)
             return
+        await self._start_processes()
+
+    async def _start_processes(self) -> None:
         # forkserver: never fork the event loop's process with its threads and sockets.
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["shard_consumer.pool"])
@@ -165,6 +173,17 @@ class WorkerPool:
         self._executor = executor
         loop = asyncio.get_running_loop()
         await asyncio.gather(*(loop.run_in_executor(executor, _warm_up) for _ in range(self.workers)))
+
+    async def _replace(self, broken: Executor) -> None:
+        """A worker died (the OOM killer, a crash): a broken process pool never recovers, so
+        start a new one, once for all the batches that saw the old one break."""
+        async with self._restart_lock:
+            if self._executor is not broken:
+                return
+            log.warning("an enrichment worker process died; starting the worker pool anew")
+            self._executor = None
+            broken.shutdown(wait=False, cancel_futures=True)
+            await self._start_processes()
 
     async def process(self, shard_id: str, records: Sequence[Record]) -> Processed:
         """Rows and dead letters for `records`, in their order."""
@@ -180,9 +199,19 @@ class WorkerPool:
             return await loop.run_in_executor(
                 self._executor, process_records, shard_id, seqs, datas, self._anonymize_ip, subs
             )
-        plain, letters = await loop.run_in_executor(
-            self._executor, _process_plain, shard_id, seqs, datas, self._anonymize_ip, subs
-        )
+        executor = self._executor
+        try:
+            plain, letters = await loop.run_in_executor(
+                executor, _process_plain, shard_id, seqs, datas, self._anonymize_ip, subs
+            )
+        except BrokenProcessPool:
+            await self._replace(executor)
+            if self._executor is None:
+                return process_records(shard_id, seqs, datas, self._anonymize_ip, subs)
+            # one more try on the new workers; a batch that kills a worker again fails its shard
+            plain, letters = await loop.run_in_executor(
+                self._executor, _process_plain, shard_id, seqs, datas, self._anonymize_ip, subs
+            )
         return Processed([_as_page_view(PageView, row) for row in plain], letters)
 
     async def close(self) -> None:
