@@ -2,17 +2,14 @@
 
 The full 3-minute soak is `make soak` (`python -m tests.soak --minutes 3`). This runs the same
 runner as a subprocess (real front ends, consumers, kinesalite behind the fault proxies, and
-PostgreSQL behind a TCP proxy). Loss, duplicates, or rows nobody sent fail it outright. Failures
-that come from bugs already pinned by `tests/soak/test_regressions.py` (per-key order under
-per-record put errors; a front end whose spool disk filled never finishing its graceful stop;
-`shardflow ingest` exiting when the stream errs as it starts)
-mark it xfail, naming them, until those are fixed.
+PostgreSQL behind a TCP proxy). Loss, duplicates, rows nobody sent, per-key order violations,
+unexpected exits or a graceful stop that had to be forced fail it: the checker's verdict is the
+runner's exit status.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -25,15 +22,6 @@ from tests.support.kinesalite import ROOT
 from tests.support.services import POSTGRES_DSN, fresh_postgres
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
-
-KNOWN = (
-    (r"\d+ per-key order violations$", "flusher: a per-record retry lets later records of the key overtake"),
-    (r"graceful stop exit statuses: \{('fe\d': -9(, )?)+\}$", "spool: after ENOSPC a front end's stop hangs"),
-    (
-        r"unexpected exit: fe\d exited on its own with status 1 ",
-        "runner: `shardflow ingest` exits 1 when the stream errs at start",
-    ),
-)
 
 
 def _kill_what_is_left(runner: subprocess.Popen[str], workdir: Path) -> None:
@@ -70,8 +58,5 @@ def test_30s_soak_with_every_fault_loses_and_doubles_nothing(tmp_path: Path) -> 
     assert report["acknowledged"] > 3000, output
     assert (report["lost"], report["duplicates"], report["never_sent"]) == (0, 0, 0), output
     assert report["loaded"] >= report["acknowledged"], output
-    if runner.returncode == 0:
-        return
-    unknown = [f for f in report["failures"] if not any(re.match(k, f) for k, _ in KNOWN)]
-    assert not unknown, output
-    pytest.xfail("; ".join(why for k, why in KNOWN if any(re.match(k, f) for f in report["failures"])))
+    assert report["failures"] == [], output
+    assert runner.returncode == 0, output
