@@ -20,7 +20,7 @@ from shard_consumer.committer import PendingBatch, ShardCommitter
 from shard_consumer.config import ConsumerConfig
 from shard_consumer.leases import workable
 from shard_consumer.pool import WorkerPool
-from shard_consumer.reader import ShardReader
+from shard_consumer.reader import ReadBatch, ShardReader
 from shard_consumer.states import ShardState, Transition, check_transition
 from sinks.base import Fence, Lease, Warehouse
 
@@ -143,6 +143,7 @@ class ShardConsumer:
     ) -> Transition:
         records_read = CONSUMER_RECORDS.labels(self.shard_id)
         stop = asyncio.ensure_future(self._shutdown.wait())
+        read: asyncio.Future[ReadBatch] | None = None
         try:
             while True:
                 read = asyncio.ensure_future(reader.read())
@@ -162,6 +163,11 @@ class ShardConsumer:
                     return Transition.SHARD_END
         finally:
             stop.cancel()
+            if read is not None and not read.done():
+                # cancelled from outside (lease lost, shutdown deadline): a read left running
+                # would poll an idle shard forever and report lag for a shard no longer ours
+                read.cancel()
+                await asyncio.gather(read, return_exceptions=True)
 
     async def _wait_for_parents(self) -> bool:
         """True once every parent is at SHARD_END (or gone from the stream); False on shutdown."""
