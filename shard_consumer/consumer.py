@@ -51,6 +51,7 @@ class Consumer:
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._stopped = False
+        self._stopped_event = asyncio.Event()
         self._resync = True
         self._wake = asyncio.Event()
 
@@ -74,8 +75,12 @@ class Consumer:
         self._loop_task = asyncio.create_task(self._lease_loop(), name=f"leases {self.consumer_id}")
 
     async def stop(self) -> None:
-        """Finish in-flight batches, commit, release every lease, close the pool. Idempotent."""
-        if self._stopped or self._stopping:
+        """Finish in-flight batches, commit, release every lease, close the pool. Idempotent;
+        a call made while another is under way returns when that one has finished."""
+        if self._stopped:
+            return
+        if self._stopping:
+            await self._stopped_event.wait()
             return
         self._stopping = True
         try:
@@ -95,8 +100,11 @@ class Consumer:
                     # shielded: a lease left held makes the next owner wait for expiry
                     await asyncio.shield(self._leases.release(shard_id))
         finally:
-            await self._pool.close()
-            self._stopped = True
+            try:
+                await self._pool.close()
+            finally:
+                self._stopped = True
+                self._stopped_event.set()
 
     async def __aenter__(self) -> Consumer:
         await self.start()
