@@ -350,8 +350,14 @@ class KinesisStream:
                 return InvalidRequest(f"Kinesis stream {self.name!r}: {message}")
             if code == "ResourceNotFoundException":
                 return StreamNotFound(f"Kinesis stream {self.name!r} not found at {where}: {message}")
-            if code in _THROTTLE_CODES:
+            if code in _THROTTLE_CODES or code == "KMSThrottlingException":
                 return Throttled(f"Kinesis {operation} throttled on stream {self.name!r}: {message}")
+            if code.startswith("KMS"):
+                # the stream's key is disabled, missing or not usable yet: the stream cannot take
+                # records until someone fixes the key, but nothing in the request is at fault
+                return StreamUnavailable(
+                    f"Kinesis {operation} on stream {self.name!r}: its KMS key refused ({code}): {message}"
+                )
             if code == "ExpiredIteratorException":
                 return ExpiredIterator(f"shard iterator expired on stream {self.name!r}: {message}")
             if code == "ResourceInUseException":
