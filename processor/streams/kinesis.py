@@ -76,6 +76,10 @@ from processor.uris import query_params
 
 __all__ = ["AGGREGATED_PUT_RECORDS", "KinesisOptions", "KinesisStream"]
 
+_REQUEST_FAULT_CODES = frozenset(
+    {"InvalidArgumentException", "ValidationException", "SerializationException", "LimitExceededException"}
+)
+"""Codes that say the request itself is wrong: retrying it unchanged cannot succeed."""
 _THROTTLE_CODES = frozenset(
     {"ProvisionedThroughputExceededException", "LimitExceededException", "ThrottlingException"}
 )
@@ -372,7 +376,15 @@ class KinesisStream:
                 return StreamUnavailable(
                     f"Kinesis at {where} failed {operation} ({code or status}): {message}"
                 )
-            return InvalidRequest(f"Kinesis {operation} on stream {self.name!r} refused ({code}): {message}")
+            if code in _REQUEST_FAULT_CODES:
+                return InvalidRequest(
+                    f"Kinesis {operation} on stream {self.name!r} refused ({code}): {message}"
+                )
+            # An error code we do not know is no proof the records are at fault; dropping them
+            # would lose accepted events, so the caller retries and the events wait in the spool.
+            return StreamUnavailable(
+                f"Kinesis {operation} on stream {self.name!r} failed ({code or status}): {message}"
+            )
         if isinstance(exc, NoCredentialsError | PartialCredentialsError):
             return ConfigError(
                 "no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, "

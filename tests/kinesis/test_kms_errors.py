@@ -15,7 +15,7 @@ import aiohttp
 import orjson
 import pytest
 
-from processor.errors import StreamUnavailable, Throttled
+from processor.errors import InvalidRequest, StreamUnavailable, Throttled
 from processor.ingest.config import IngestConfig
 from processor.ingest.server import FrontEnd
 from processor.streams.base import PutRecord
@@ -68,3 +68,32 @@ async def test_events_wait_out_a_disabled_kms_key(
 
         events = await eventually(all_ten, timeout=30, what="the 10 events on the stream")
     assert {e["event_id"] for e in events} == {f"e-{n}" for n in range(10)}
+
+
+async def test_an_error_code_nobody_knows_is_retried_not_dropped(
+    tmp_path: Path, proxy: KinesisFaultProxy, kstream: KinesisStream
+) -> None:
+    """A 4xx code that is not a known request fault (a new service error, say) may be transient:
+    the events wait and go out, as with any stream outage. Known request faults stay InvalidRequest."""
+    proxy.error_next(1, "SomeNewServiceException", targets=["PutRecords"])
+    with pytest.raises(StreamUnavailable, match="SomeNewServiceException"):
+        await kstream.put_records([PutRecord(b"{}", "k")])
+    proxy.error_next(1, "ValidationException", targets=["PutRecords"])
+    with pytest.raises(InvalidRequest):
+        await kstream.put_records([PutRecord(b"{}", "k")])
+
+    config = IngestConfig(port=0, spool_dir=tmp_path / "spool", drain_timeout=5.0, probe_interval=0.2)
+    proxy.error_next(3, "SomeNewServiceException", targets=["PutRecords"])
+    body = [{"event_id": f"u-{n}", "anonymous_id": f"v{n}"} for n in range(10)]
+    async with FrontEnd(config, kstream) as front, aiohttp.ClientSession() as client:
+        async with client.post(
+            url(front, "/v1/events"), data=orjson.dumps(body), headers={"Content-Type": "application/json"}
+        ) as r:
+            assert r.status == 202
+
+        async def all_ten() -> list[dict[str, Any]] | None:
+            events = await events_on_stream(kstream)
+            return events if len({e["event_id"] for e in events}) >= 10 else None
+
+        events = await eventually(all_ten, timeout=30, what="the 10 events on the stream")
+    assert {e["event_id"] for e in events} == {f"u-{n}" for n in range(10)}
