@@ -90,10 +90,15 @@ class CountingStore:
         return taken
 
     async def renew_leases(
-        self, stream: str, owner: str, held: Mapping[str, int], ttl: float
+        self,
+        stream: str,
+        owner: str,
+        held: Mapping[str, int],
+        ttl: float,
+        rates: Mapping[str, float] | None = None,
     ) -> dict[str, Lease]:
         self.calls += 1
-        renewed = await self._inner.renew_leases(stream, owner, held, ttl)
+        renewed = await self._inner.renew_leases(stream, owner, held, ttl, rates)
         self.rows += len(renewed)
         return renewed
 

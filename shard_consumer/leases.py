@@ -13,6 +13,16 @@ never both believe they took the same lease. The rules, decided by `plan_balance
 - Beyond that a consumer steals from the most-loaded owner, one lease per step, and only from
   an owner that holds at least two more than itself (counting the steals already planned):
   each step strictly narrows the spread, so the group converges and never flaps.
+- Which lease a steal asks for follows the read rates owners publish with their renewals
+  (`Lease.records_per_second`): the one that brings the two consumers' records/s closest without
+  reversing them (the coldest when the stealer is already the busier).
+- Load: once counts are fair, the consumer with the fewest records/s asks the busiest for one
+  shard when the busiest exceeds the group mean by `RATE_SKEW` times and `RATE_MIN_GAP` records/s,
+  choosing a shard that narrows their gap by `RATE_MIN_GAP` or more without reversing them. Where
+  every consumer holds exactly the fair share, that move leaves the asker one over, and the
+  victim's count steal takes back the asker's coldest shard: a swap in two hand-offs. Only the
+  least-loaded consumer moves, one shard per cycle, and every move lowers the sum of squared
+  loads by a fixed minimum, so the group settles and never ping-pongs.
 - Stealing is graceful: `request_handoff`, the owner finishes its in-flight batches, commits and
   releases; the lease is forced only when the owner has not let go within `handoff_timeout`.
 """
@@ -27,16 +37,34 @@ import secrets
 import socket
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from processor.metrics import LEASE_EVENTS, LEASES_HELD
+from processor.metrics import CONSUMER_RECORDS, LEASE_EVENTS, LEASES_HELD
 from processor.streams.base import SHARD_END, Stream
 from sinks.base import Lease, LeaseStore
 
-__all__ = ["BalancePlan", "LeaseManager", "RenewResult", "new_consumer_id", "plan_balance", "workable"]
+__all__ = [
+    "RATE_MIN_GAP",
+    "RATE_SKEW",
+    "RATE_TIME_CONSTANT",
+    "BalancePlan",
+    "LeaseManager",
+    "RenewResult",
+    "new_consumer_id",
+    "plan_balance",
+    "records_read",
+    "workable",
+]
 
 log = logging.getLogger(__name__)
+
+RATE_SKEW = 1.5
+"""A load move starts only when the busiest consumer reads more than this times the group mean."""
+RATE_MIN_GAP = 50.0
+"""records/s: the busiest must exceed the mean by this much, and a move must narrow a gap by it."""
+RATE_TIME_CONSTANT = 30.0
+"""seconds: the EWMA of a shard's read rate forgets older reads on this scale."""
 
 
 def new_consumer_id() -> str:
@@ -68,6 +96,8 @@ class BalancePlan:
     """Free or expired leases to take now."""
     steals: list[Lease] = field(default_factory=list)
     """Live leases of the most-loaded owners to ask for, one per step."""
+    load_move: bool = False
+    """The steal (one at most) moves records/s between consumers already fair by count."""
 
 
 def plan_balance(
@@ -93,8 +123,17 @@ def plan_balance(
     consumers = len(owners) + len(waiting) + 1
     target = math.ceil(len(candidates) / consumers) if candidates else 0
     mine = len(held_set)
+    theirs: dict[str, list[Lease]] = {}
+    for lease in candidates:
+        if lease.owner is not None and lease.owner in owners and _live(lease, now):
+            theirs.setdefault(lease.owner, []).append(lease)
+    loads = {owner: sum(lease.records_per_second for lease in owned) for owner, owned in theirs.items()}
+    my_load = sum(lease.records_per_second for lease in candidates if lease.shard_id in held_set)
     if mine >= target:
-        return BalancePlan(target, consumers)
+        if waiting:
+            return BalancePlan(target, consumers)
+        move = _load_move(candidates, held_set, owners, theirs, loads, my_load, me, target)
+        return BalancePlan(target, consumers, steals=move, load_move=bool(move))
     free = [lease for lease in candidates if lease.shard_id not in held_set and not _live(lease, now)]
     rng.shuffle(free)
     free.sort(key=lambda lease: lease.handoff_to != me)
@@ -105,10 +144,6 @@ def plan_balance(
             # would otherwise be snapped up here, and the hand-off would start all over.
             return BalancePlan(target, consumers)
         return BalancePlan(target, consumers, take=free[: target - mine])
-    theirs: dict[str, list[Lease]] = {}
-    for lease in candidates:
-        if lease.owner is not None and lease.owner in owners and _live(lease, now):
-            theirs.setdefault(lease.owner, []).append(lease)
     for leases_of_owner in theirs.values():
         rng.shuffle(leases_of_owner)
     steals: list[Lease] = []
@@ -118,10 +153,103 @@ def plan_balance(
             break
         victim = rng.choice([owner for owner, count in owners.items() if count == most])
         assert victim is not None
-        steals.append(theirs[victim].pop())
+        stolen = _closest(theirs[victim], my_load, loads[victim])
+        theirs[victim].remove(stolen)
+        steals.append(stolen)
         owners[victim] -= 1
+        loads[victim] -= stolen.records_per_second
+        my_load += stolen.records_per_second
         mine += 1
-    return BalancePlan(target, consumers, steals=steals)
+    if steals or waiting:
+        return BalancePlan(target, consumers, steals=steals)
+    move = _load_move(candidates, held_set, owners, theirs, loads, my_load, me, target)
+    return BalancePlan(target, consumers, steals=move, load_move=bool(move))
+
+
+def _closest(offered: Sequence[Lease], mine: float, theirs: float) -> Lease:
+    """The lease whose rate brings `mine` closest to `theirs` without reversing them."""
+    fitting = [
+        lease for lease in offered if mine + lease.records_per_second <= theirs - lease.records_per_second
+    ]
+    if fitting:
+        return max(fitting, key=lambda lease: lease.records_per_second)
+    return min(offered, key=lambda lease: lease.records_per_second)
+
+
+def _load_move(
+    candidates: Sequence[Lease],
+    held: set[str],
+    owners: Counter[str | None],
+    theirs: dict[str, list[Lease]],
+    loads: dict[str, float],
+    my_load: float,
+    me: str,
+    target: int,
+) -> list[Lease]:
+    """One shard for the least-loaded consumer `me` to ask of the busiest, or nothing.
+
+    Only where counts are fair (every consumer within [floor, ceil] of the share), and only a
+    move that keeps them fair: a plain move when `me` is below the target and the busiest above
+    the floor, a swap (the victim's count steal takes back `me`'s coldest shard) when every
+    consumer holds exactly the share.
+    """
+    if not loads:
+        return []
+    mine = len(held)
+    floor = len(candidates) // (len(owners) + 1)
+    if not all(floor <= count <= target for count in (mine, *owners.values())):
+        return []
+    everyone = {**loads, me: my_load}
+    if min(everyone.items(), key=lambda item: (item[1], item[0]))[0] != me:
+        return []
+    mean = sum(everyone.values()) / len(everyone)
+    victim, busiest = max(loads.items(), key=lambda item: (item[1], item[0]))
+    if busiest <= RATE_SKEW * mean or busiest - mean <= RATE_MIN_GAP:
+        return []
+    if mine < target and owners[victim] > floor:
+        given_back = 0.0
+    elif mine == target == floor == owners[victim] and held:
+        given_back = min(lease.records_per_second for lease in candidates if lease.shard_id in held)
+    else:
+        return []
+    gap = busiest - my_load
+    best: Lease | None = None
+    for lease in theirs[victim]:
+        moved = lease.records_per_second - given_back
+        # The net move neither reverses the two nor is too small to matter. A swap's first half
+        # may reverse them for a moment but stays below the gap, so it too narrows the spread.
+        if 2 * moved > gap or 2 * moved < RATE_MIN_GAP or lease.records_per_second >= gap:
+            continue
+        if best is None or lease.records_per_second > best.records_per_second:
+            best = lease
+    return [] if best is None else [best]
+
+
+def records_read() -> dict[str, float]:
+    """shard -> records this process has read from it (`shardflow_consumer_records`)."""
+    return {
+        sample.labels["shard_id"]: sample.value
+        for metric in CONSUMER_RECORDS.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    }
+
+
+@dataclass(slots=True)
+class _Rate:
+    """An EWMA of one held shard's records/s over the reads between renewals."""
+
+    per_second: float
+    read: float
+    at: float
+
+    def update(self, read: float, at: float) -> None:
+        elapsed = at - self.at
+        if elapsed <= 0:
+            return
+        weight = 1 - math.exp(-elapsed / RATE_TIME_CONSTANT)
+        self.per_second += weight * (max(read - self.read, 0.0) / elapsed - self.per_second)
+        self.read, self.at = read, at
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +280,7 @@ class LeaseManager:
         lease_timeout: float,
         handoff_timeout: float | None = None,
         rng: random.Random | None = None,
+        reads: Callable[[], Mapping[str, float]] = records_read,
     ) -> None:
         self._store = store
         self._stream = stream
@@ -166,6 +295,8 @@ class LeaseManager:
         """shard -> monotonic time its lease surely still holds until (renewal start + timeout)."""
         self._margin = min(lease_timeout / 10, 1.0)
         self._rng = rng or random.Random()
+        self._reads = reads
+        self._rates: dict[str, _Rate] = {}
         self.target = 0
         self.consumers = 1
 
@@ -196,7 +327,7 @@ class LeaseManager:
         if not snapshot:
             return RenewResult(lost, [])
         renewed = await self._store.renew_leases(
-            self.stream_name, self.consumer_id, snapshot, self.lease_timeout
+            self.stream_name, self.consumer_id, snapshot, self.lease_timeout, self.rates()
         )
         dropped: list[str] = []
         handoffs: list[str] = []
@@ -250,7 +381,12 @@ class LeaseManager:
             self._steals[victim.shard_id] = _Steal(
                 victim.shard_id, victim.owner, victim.lease_counter, time.monotonic() + self.handoff_timeout
             )
-            log.info("asked %s to hand over shard %s", victim.owner, victim.shard_id)
+            log.info(
+                "asked %s to hand over shard %s%s",
+                victim.owner,
+                victim.shard_id,
+                f" ({victim.records_per_second:.0f} records/s, to balance load)" if plan.load_move else "",
+            )
         return acquired
 
     async def _pursue_steal(self, steal: _Steal, lease: Lease | None, now: float) -> Lease | None:
@@ -277,7 +413,17 @@ class LeaseManager:
         self._hold(taken, began)
         return taken
 
+    def rates(self) -> dict[str, float]:
+        """records/s of every held shard, measured since it was taken (seeded by the last owner's)."""
+        read, at = self._reads(), time.monotonic()
+        for shard, rate in self._rates.items():
+            rate.update(read.get(shard, 0.0), at)
+        return {shard: rate.per_second for shard, rate in self._rates.items()}
+
     def _hold(self, lease: Lease, began: float) -> None:
+        if lease.shard_id not in self._rates:
+            read = self._reads().get(lease.shard_id, 0.0)
+            self._rates[lease.shard_id] = _Rate(lease.records_per_second, read, time.monotonic())
         if lease.shard_id not in self.held:
             LEASES_HELD.inc()
         self.held[lease.shard_id] = lease
@@ -288,6 +434,7 @@ class LeaseManager:
         lease = self.held.pop(shard_id, None)
         self._handing_off.discard(shard_id)
         self._valid_until.pop(shard_id, None)
+        self._rates.pop(shard_id, None)
         if lease is None:
             return
         LEASES_HELD.dec()
@@ -298,6 +445,7 @@ class LeaseManager:
         """Forget a lease another consumer took (no release: it is not ours any more)."""
         self._handing_off.discard(shard_id)
         self._valid_until.pop(shard_id, None)
+        self._rates.pop(shard_id, None)
         if self.held.pop(shard_id, None) is not None:
             LEASES_HELD.dec()
             LEASE_EVENTS.labels("lost").inc()

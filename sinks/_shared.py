@@ -76,7 +76,7 @@ def lease_lost(batch: Batch) -> LeaseLost:
 
 LEASE_COLUMNS = (
     "l.stream, l.shard_id, l.owner, l.lease_counter, l.expires_at, l.parent_shard_ids, "
-    "c.sequence_number, l.handoff_to"
+    "c.sequence_number, l.handoff_to, l.records_per_second"
 )
 """A lease `l` with its checkpoint `c`, in `lease_from_row` order."""
 _WITH_CHECKPOINT = "LEFT JOIN shardflow_checkpoints c ON c.stream = l.stream AND c.shard_id = l.shard_id"
@@ -162,6 +162,7 @@ def lease_from_row(
     parent_shard_ids: str | None,
     checkpoint: str | None,
     handoff_to: str | None,
+    records_per_second: float | None = None,
 ) -> Lease:
     parents = orjson.loads(parent_shard_ids) if parent_shard_ids else []
     return Lease(
@@ -173,6 +174,7 @@ def lease_from_row(
         parent_shard_ids=tuple(str(p) for p in parents),
         checkpoint=checkpoint,
         handoff_to=handoff_to,
+        records_per_second=float(records_per_second or 0.0),
     )
 
 

@@ -151,6 +151,8 @@ class Lease:
     checkpoint: str | None
     handoff_to: str | None = None
     """A consumer that asked for this lease; the owner releases it after its next commit."""
+    records_per_second: float = 0.0
+    """The shard's read rate as its owner last published it with a renewal (kept across owners)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,9 +217,17 @@ class LeaseStore(Protocol):
         ...
 
     async def renew_leases(
-        self, stream: str, owner: str, held: Mapping[str, int], ttl: float
+        self,
+        stream: str,
+        owner: str,
+        held: Mapping[str, int],
+        ttl: float,
+        rates: Mapping[str, float] | None = None,
     ) -> dict[str, Lease]:
-        """Extend each held lease (shard -> counter) still ours; the result lacks every lost one."""
+        """Extend each held lease (shard -> counter) still ours; the result lacks every lost one.
+
+        `rates` (shard -> records/s) is stored with the renewal; a shard it omits keeps its rate.
+        """
         ...
 
     async def release_lease(self, stream: str, shard_id: str, owner: str, lease_counter: int) -> bool:

@@ -519,7 +519,12 @@ class MysqlWarehouse(PooledWarehouse):
             return await self._select_lease(cur, stream, shard_id)
 
     async def renew_leases(
-        self, stream: str, owner: str, held: Mapping[str, int], ttl: float
+        self,
+        stream: str,
+        owner: str,
+        held: Mapping[str, int],
+        ttl: float,
+        rates: Mapping[str, float] | None = None,
     ) -> dict[str, Lease]:
         if not held:
             return {}
@@ -527,9 +532,10 @@ class MysqlWarehouse(PooledWarehouse):
         async with self._transaction("renew_leases", leases=True) as cur:
             for shard_id, counter in held.items():
                 changed = await cur.execute(
-                    f"UPDATE shardflow_leases SET expires_at = {_NOW} + %s "
+                    f"UPDATE shardflow_leases SET expires_at = {_NOW} + %s, "
+                    "records_per_second = coalesce(%s, records_per_second) "
                     "WHERE stream = %s AND shard_id = %s AND owner = %s AND lease_counter = %s",
-                    (ttl, stream, shard_id, owner, counter),
+                    (ttl, (rates or {}).get(shard_id), stream, shard_id, owner, counter),
                 )
                 if changed == 1:
                     kept[shard_id] = await self._select_lease(cur, stream, shard_id)

@@ -315,14 +315,20 @@ class PostgresWarehouse(PooledWarehouse):
         return leases[0] if leases else None
 
     async def renew_leases(
-        self, stream: str, owner: str, held: Mapping[str, int], ttl: float
+        self,
+        stream: str,
+        owner: str,
+        held: Mapping[str, int],
+        ttl: float,
+        rates: Mapping[str, float] | None = None,
     ) -> dict[str, Lease]:
         if not held:
             return {}
         leases = await self._changed(
             "renew_leases",
-            f"UPDATE shardflow_leases l SET expires_at = {_NOW} + $5 "
-            "FROM unnest($3::text[], $4::bigint[]) AS h(shard_id, counter) "
+            f"UPDATE shardflow_leases l SET expires_at = {_NOW} + $5, "
+            "records_per_second = coalesce(h.rate, l.records_per_second) "
+            "FROM unnest($3::text[], $4::bigint[], $6::float8[]) AS h(shard_id, counter, rate) "
             "WHERE l.stream = $1 AND l.owner = $2 AND l.shard_id = h.shard_id "
             "AND l.lease_counter = h.counter",
             stream,
@@ -330,6 +336,7 @@ class PostgresWarehouse(PooledWarehouse):
             list(held),
             list(held.values()),
             ttl,
+            [(rates or {}).get(shard) for shard in held],
         )
         return {lease.shard_id: lease for lease in leases}
 

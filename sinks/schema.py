@@ -180,10 +180,17 @@ _MYSQL_V2: Final = (
     _DEDUP_INDEX,
 )
 
+# v3: each lease carries its shard's read rate, published with renewals, for balancing by load.
+_SQLITE_V3: Final = ("ALTER TABLE shardflow_leases ADD COLUMN records_per_second REAL",)
+_POSTGRES_V3: Final = (
+    "ALTER TABLE shardflow_leases ADD COLUMN IF NOT EXISTS records_per_second double precision",
+)
+_MYSQL_V3: Final = ("ALTER TABLE shardflow_leases ADD COLUMN IF NOT EXISTS records_per_second DOUBLE",)
+
 MIGRATIONS: Final[dict[Dialect, tuple[tuple[str, ...], ...]]] = {
-    "sqlite": (_SQLITE_V1, _SQLITE_V2),
-    "postgresql": (_POSTGRES_V1, _POSTGRES_V2),
-    "mysql": (_MYSQL_V1, _MYSQL_V2),
+    "sqlite": (_SQLITE_V1, _SQLITE_V2, _SQLITE_V3),
+    "postgresql": (_POSTGRES_V1, _POSTGRES_V2, _POSTGRES_V3),
+    "mysql": (_MYSQL_V1, _MYSQL_V2, _MYSQL_V3),
 }
 """Step i takes the schema from version i to i + 1. Append, never edit a released step."""
 

@@ -376,16 +376,22 @@ class SqliteWarehouse(AsyncWarehouse):
         return await self._call(self._transaction, take)
 
     async def renew_leases(
-        self, stream: str, owner: str, held: Mapping[str, int], ttl: float
+        self,
+        stream: str,
+        owner: str,
+        held: Mapping[str, int],
+        ttl: float,
+        rates: Mapping[str, float] | None = None,
     ) -> dict[str, Lease]:
         def renew(conn: sqlite3.Connection) -> dict[str, Lease]:
             expires = time.time() + ttl
             kept: dict[str, Lease] = {}
             for shard_id, counter in held.items():
                 cursor = conn.execute(
-                    "UPDATE shardflow_leases SET expires_at = ? "
+                    "UPDATE shardflow_leases SET expires_at = ?, "
+                    "records_per_second = coalesce(?, records_per_second) "
                     "WHERE stream = ? AND shard_id = ? AND owner = ? AND lease_counter = ?",
-                    (expires, stream, shard_id, owner, counter),
+                    (expires, (rates or {}).get(shard_id), stream, shard_id, owner, counter),
                 )
                 if cursor.rowcount == 1:
                     kept[shard_id] = self._lease(conn, stream, shard_id)

@@ -8,7 +8,7 @@ from prometheus_client import REGISTRY
 
 from processor.event import decode_record, encode_dead_letter
 from shard_consumer.pool import dead_letter_key, process_records
-from sinks import Batch, DeadLetter, Warehouse, open_warehouse
+from sinks import Batch, DeadLetter, Fence, Warehouse, open_warehouse
 from sinks.schema import LATEST_VERSION
 from tests.sinks.conftest import make_row
 from tests.sinks.test_warehouse import SHARD, STREAM, count, take
@@ -88,12 +88,19 @@ async def test_migration_from_the_previous_version_adds_the_key_and_keeps_rows(
         "INSERT INTO shardflow_dead_letters (stage, reason, payload, shard_id, sequence_number, created_at) "
         "VALUES ('ingest', 'body is not JSON', '{oops', NULL, NULL, '2026-11-28 12:00:00')"
     )
+    # the lease it held, inserted as that release stored it (today's lease reads name later columns)
+    held = (
+        "INSERT INTO shardflow_leases (stream, shard_id, owner, lease_counter, expires_at, parent_shard_ids) "
+        f"VALUES ('{STREAM}', '{SHARD}', 'c1', 1, 4102444800, '[]')"
+    )
     monkeypatch.setattr(
-        schema, "MIGRATIONS", {d: ((*steps[0], legacy, legacy),) for d, steps in schema.MIGRATIONS.items()}
+        schema,
+        "MIGRATIONS",
+        {d: ((*steps[0], legacy, legacy, held),) for d, steps in schema.MIGRATIONS.items()},
     )
     old = open_warehouse(warehouse_url)
     await old.start()
-    fence = await take(old)
+    fence = Fence("c1", 1)
     await old.write_batch(Batch(STREAM, SHARD, [make_row(1)], [], "1", fence))
     await old.close()
     monkeypatch.undo()
