@@ -33,7 +33,8 @@ async def test_twenty_thousand_events_through_an_outage(server_url: str, tmp_pat
     await direct.start()
     async with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 0) as proxy:
         warehouse = open_warehouse(through(server_url, proxy.port))
-        config = fast_config(lease_timeout=3.0, renew_interval=0.5, batch_records=500)
+        # 500-row commits, so the load is still under way when each fault is armed
+        config = fast_config(lease_timeout=3.0, renew_interval=0.5, batch_records=500, max_commit_rows=500)
         try:
             async with Consumer(config, stream, warehouse) as consumer:
 
@@ -44,7 +45,17 @@ async def test_twenty_thousand_events_through_an_outage(server_url: str, tmp_pat
                 proxy.cut()
                 await eventually(lambda: loaded_at_least(6000), what="rows after a cut", timeout=60)
                 proxy.cut_after(20_000)  # the next load in flight dies mid-COPY / mid-LOAD DATA
-                await eventually(lambda: loaded_at_least(9000), what="rows after a mid-COPY cut", timeout=60)
+
+                async def cut_mid_load() -> bool:
+                    return proxy.cuts >= 2
+
+                await eventually(cut_mid_load, what="the mid-COPY cut", timeout=60)
+                cut_at = (await row_counts(direct))[0]
+                await eventually(
+                    lambda: loaded_at_least(min(cut_at + 2000, EVENTS - 2000)),
+                    what="rows after a mid-COPY cut",
+                    timeout=60,
+                )
                 proxy.block()
 
                 async def warehouse_down() -> bool:
