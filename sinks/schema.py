@@ -187,10 +187,17 @@ _POSTGRES_V3: Final = (
 )
 _MYSQL_V3: Final = ("ALTER TABLE shardflow_leases ADD COLUMN IF NOT EXISTS records_per_second DOUBLE",)
 
+# utf8mb4_bin is a PAD SPACE collation: "a" and "a " compare equal, so INSERT IGNORE would drop
+# a distinct event whose id differs only by trailing spaces. SQLite and PostgreSQL compare exactly.
+_MYSQL_V4: Final = (
+    "ALTER TABLE page_views MODIFY event_id VARCHAR(128) CHARACTER SET utf8mb4 "
+    "COLLATE utf8mb4_nopad_bin NOT NULL",
+)
+
 MIGRATIONS: Final[dict[Dialect, tuple[tuple[str, ...], ...]]] = {
-    "sqlite": (_SQLITE_V1, _SQLITE_V2, _SQLITE_V3),
-    "postgresql": (_POSTGRES_V1, _POSTGRES_V2, _POSTGRES_V3),
-    "mysql": (_MYSQL_V1, _MYSQL_V2, _MYSQL_V3),
+    "sqlite": (_SQLITE_V1, _SQLITE_V2, _SQLITE_V3, ()),
+    "postgresql": (_POSTGRES_V1, _POSTGRES_V2, _POSTGRES_V3, ()),
+    "mysql": (_MYSQL_V1, _MYSQL_V2, _MYSQL_V3, _MYSQL_V4),
 }
 """Step i takes the schema from version i to i + 1. Append, never edit a released step."""
 

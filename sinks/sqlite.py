@@ -52,7 +52,8 @@ __all__ = ["SqliteWarehouse"]
 T = TypeVar("T")
 
 _INSERT_ROW = (
-    f"INSERT OR IGNORE INTO page_views ({LOAD_COLUMNS}) VALUES ({', '.join('?' for _ in PAGE_VIEW_COLUMNS)})"
+    f"INSERT INTO page_views ({LOAD_COLUMNS}) VALUES ({', '.join('?' for _ in PAGE_VIEW_COLUMNS)})"
+    " ON CONFLICT (event_id) DO NOTHING"
 )
 _INSERT_DEAD = (
     f"INSERT INTO shardflow_dead_letters ({DEAD_LETTER_COLUMNS}, created_at) "

@@ -297,3 +297,11 @@ async def test_a_later_release_adds_a_column_without_losing_rows(
         result = await later.query("SELECT event_id, country FROM page_views")
         assert result.rows == [("ev-00000001", None)]
         await later.close()
+
+
+async def test_event_ids_that_differ_only_by_trailing_spaces_are_distinct(warehouse: Warehouse) -> None:
+    """MariaDB's utf8mb4_bin pads: without the NO PAD key the second event would be dropped as a duplicate."""
+    fence = await take(warehouse)
+    rows = [make_row(1, event_id="same"), make_row(2, event_id="same "), make_row(3, event_id="same  ")]
+    assert await warehouse.write_batch(Batch(STREAM, SHARD, rows, [], "3", fence)) == 3
+    assert await count(warehouse, "event_id LIKE 'same%'") == 3
