@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Final, Literal
 
+from processor.event import STRING_FIELDS
+
 __all__ = ["DIALECTS", "LATEST_VERSION", "MIGRATIONS", "VERSION_TABLE", "Dialect", "pending_steps"]
 
 Dialect = Literal["sqlite", "postgresql", "mysql"]
@@ -36,20 +38,7 @@ def _page_views(types: dict[str, str], key: str, tail: str = "") -> str:
         f"type {text} NOT NULL",
         f"ts {time}",
         f"received_at {time} NOT NULL",
-        *(
-            f"{c} {types.get(c, text)}"
-            for c in (
-                "url",
-                "referrer",
-                "title",
-                "user_id",
-                "anonymous_id",
-                "session_id",
-                "user_agent",
-                "ip",
-                "name",
-            )
-        ),
+        *(f"{c} {types.get(c, text)}" for c in STRING_FIELDS if c not in ("event_id", "type")),
         f"properties {json}",
         f"context {json}",
         f"traits {json}",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from processor.event import EVENT_TYPES, STRING_FIELDS
 from processor.ingest.body import JSON_TYPES, NDJSON_TYPES
 
 __all__ = ["OPENAPI"]
@@ -28,22 +29,8 @@ _EVENT = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
-        **{
-            name: {"type": "string"}
-            for name in (
-                "event_id",
-                "url",
-                "referrer",
-                "title",
-                "user_id",
-                "anonymous_id",
-                "session_id",
-                "user_agent",
-                "ip",
-                "name",
-            )
-        },
-        "type": {"enum": ["page", "track", "identify", "screen", "group", "alias"], "default": "page"},
+        **{name: {"type": "string"} for name in STRING_FIELDS if name != "type"},
+        "type": {"enum": sorted(EVENT_TYPES), "default": "page"},
         "ts": {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "integer"}]},
         "properties": {"type": "object"},
         "context": {"type": "object"},
