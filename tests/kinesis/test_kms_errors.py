@@ -53,21 +53,8 @@ async def test_kms_refusals_are_retriable(proxy: KinesisFaultProxy, kstream: Kin
 async def test_events_wait_out_a_disabled_kms_key(
     tmp_path: Path, proxy: KinesisFaultProxy, kstream: KinesisStream
 ) -> None:
-    config = IngestConfig(port=0, spool_dir=tmp_path / "spool", drain_timeout=5.0, probe_interval=0.2)
     proxy.error_next(5, "KMSDisabledException", targets=["PutRecords"])
-    body = [{"event_id": f"e-{n}", "anonymous_id": f"v{n}"} for n in range(10)]
-    async with FrontEnd(config, kstream) as front, aiohttp.ClientSession() as client:
-        async with client.post(
-            url(front, "/v1/events"), data=orjson.dumps(body), headers={"Content-Type": "application/json"}
-        ) as r:
-            assert r.status == 202
-
-        async def all_ten() -> list[dict[str, Any]] | None:
-            events = await events_on_stream(kstream)
-            return events if len({e["event_id"] for e in events}) >= 10 else None
-
-        events = await eventually(all_ten, timeout=30, what="the 10 events on the stream")
-    assert {e["event_id"] for e in events} == {f"e-{n}" for n in range(10)}
+    await _ten_events_wait_and_arrive(tmp_path, kstream, "e")
 
 
 async def test_an_error_code_nobody_knows_is_retried_not_dropped(
@@ -82,9 +69,14 @@ async def test_an_error_code_nobody_knows_is_retried_not_dropped(
     with pytest.raises(InvalidRequest):
         await kstream.put_records([PutRecord(b"{}", "k")])
 
-    config = IngestConfig(port=0, spool_dir=tmp_path / "spool", drain_timeout=5.0, probe_interval=0.2)
     proxy.error_next(3, "SomeNewServiceException", targets=["PutRecords"])
-    body = [{"event_id": f"u-{n}", "anonymous_id": f"v{n}"} for n in range(10)]
+    await _ten_events_wait_and_arrive(tmp_path, kstream, "u")
+
+
+async def _ten_events_wait_and_arrive(tmp_path: Path, kstream: KinesisStream, prefix: str) -> None:
+    """Ten events accepted (202) while the stream refuses puts all reach it once it takes them."""
+    config = IngestConfig(port=0, spool_dir=tmp_path / "spool", drain_timeout=5.0, probe_interval=0.2)
+    body = [{"event_id": f"{prefix}-{n}", "anonymous_id": f"v{n}"} for n in range(10)]
     async with FrontEnd(config, kstream) as front, aiohttp.ClientSession() as client:
         async with client.post(
             url(front, "/v1/events"), data=orjson.dumps(body), headers={"Content-Type": "application/json"}
@@ -96,4 +88,4 @@ async def test_an_error_code_nobody_knows_is_retried_not_dropped(
             return events if len({e["event_id"] for e in events}) >= 10 else None
 
         events = await eventually(all_ten, timeout=30, what="the 10 events on the stream")
-    assert {e["event_id"] for e in events} == {f"u-{n}" for n in range(10)}
+    assert {e["event_id"] for e in events} == {f"{prefix}-{n}" for n in range(10)}
