@@ -99,7 +99,6 @@ class Handlers:
         kind = media_type(request, JSON_TYPES | NDJSON_TYPES)
         body = await read_body(request, self.config.max_body, self.config.request_timeout)
         batch = self.intake.batch(self.access.client_ip(request), request.headers.get("User-Agent"))
-        single = False
         if kind in NDJSON_TYPES:
             index = 0
             add = self.intake.add
@@ -121,7 +120,6 @@ class Handlers:
         else:
             value = parse_json(body)
             if isinstance(value, dict):
-                single = True
                 self.intake.add(batch, 0, value, body)
             elif isinstance(value, list):
                 for index, item in enumerate(value):
@@ -132,10 +130,8 @@ class Handlers:
                     f"body must be a JSON object, an array of objects, or NDJSON, not {_kind(value)}",
                 )
         await self.intake.submit(batch)
-        if single and batch.rejected:
-            return _json(
-                400, {"error": batch.rejected[0]["error"], "accepted": 0, "rejected": batch.rejected}
-            )
+        # A JSON body is always 202 with the rejected ones listed (SPEC): they travel on as dead
+        # letters; 400 is kept for a body that is not JSON at all.
         return _json(202, {"accepted": batch.accepted, "rejected": batch.rejected})
 
     # -- Segment ---------------------------------------------------------------------------------
