@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,23 +23,15 @@ from processor.ingest.server import FrontEnd
 from processor.spool import Entry, Spool, SpoolUnwritable
 from processor.streams.embedded import EmbeddedStream
 from tests.ingest.conftest import events_on_stream, url
+from tests.support.disk import small_tmpfs
 from tests.support.wait import eventually
 
 
 @pytest.fixture
 def disk(tmp_path: Path) -> Iterator[Path]:
     """A 4 MiB tmpfs; skips where mounting fails (not root, no tmpfs)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True, check=False
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)
 
 
 def fill(disk: Path, leave: int = 0) -> Path:

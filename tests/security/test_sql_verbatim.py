@@ -17,6 +17,7 @@ import aiohttp
 import orjson
 import pytest
 
+from processor.event import STRING_FIELDS as EVENT_STRING_FIELDS
 from processor.ingest.config import IngestConfig
 from processor.ingest.server import FrontEnd
 from processor.streams.embedded import EmbeddedStream
@@ -39,17 +40,7 @@ NASTY = [
     "tab\tnew\nline\rcr",
     "0x41; -- é ☃ 𝄞",
 ]
-STRING_FIELDS = (
-    "url",
-    "referrer",
-    "title",
-    "user_id",
-    "anonymous_id",
-    "session_id",
-    "user_agent",
-    "ip",
-    "name",
-)
+STRING_FIELDS = tuple(f for f in EVENT_STRING_FIELDS if f not in ("event_id", "type"))
 
 
 def _event() -> dict[str, Any]:

@@ -17,6 +17,7 @@ import pytest
 from processor.ingest.config import IngestConfig
 from processor.ingest.server import FrontEnd
 from processor.streams.kinesis import KinesisStream
+from tests.support.disk import small_tmpfs
 from tests.support.kinesalite import kinesalite
 from tests.support.kinesis_faults import KinesisFaultProxy, ProxiedRecord
 from tests.support.wait import eventually
@@ -71,19 +72,8 @@ async def test_a_failed_record_is_not_overtaken_by_a_later_record_of_its_key_in_
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 4 MiB tmpfs: a disk that really fills up (ENOSPC). Needs root; skips where mounting fails."""
-    import subprocess
-
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True, check=False
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)
 
 
 def _fill(disk: Path) -> Path:
