@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from urllib.request import pathname2url
 
 from processor.errors import ConfigError, InvalidRequest, LeaseLost, WarehouseUnavailable
+from processor.sqlite_wal import enable_wal, is_busy
 from processor.streams.base import ShardInfo
 from processor.uris import sqlite_path
 from sinks._shared import (
@@ -94,11 +95,6 @@ def _row(view: PageView) -> tuple[object, ...]:
     return tuple(values)
 
 
-def _is_busy(exc: sqlite3.Error) -> bool:
-    text = str(exc).lower()
-    return "locked" in text or "busy" in text
-
-
 class SqliteWarehouse(AsyncWarehouse):
     """`sinks.base.Warehouse` on one SQLite file; see the module docstring for the guarantees."""
 
@@ -136,7 +132,7 @@ class SqliteWarehouse(AsyncWarehouse):
             self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
         )
         try:
-            self._enable_wal(conn)
+            enable_wal(conn, self.busy_timeout)
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
             self._migrate(conn)
@@ -152,18 +148,6 @@ class SqliteWarehouse(AsyncWarehouse):
             conn.close()
             raise
         self._conn, self._reader = conn, reader
-
-    def _enable_wal(self, conn: sqlite3.Connection) -> None:
-        """Switch to WAL, retrying: the switch takes a lock SQLite's busy handler does not wait for."""
-        deadline = time.monotonic() + self.busy_timeout
-        while True:
-            try:
-                conn.execute("PRAGMA journal_mode=WAL")
-                return
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
@@ -323,7 +307,7 @@ class SqliteWarehouse(AsyncWarehouse):
             except sqlite3.Error as exc:
                 if self._reader.in_transaction:
                     self._reader.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
+                if isinstance(exc, sqlite3.OperationalError) and is_busy(exc):
                     raise
                 raise InvalidRequest(f"query refused: {exc}") from exc
             return QueryResult(columns, rows)

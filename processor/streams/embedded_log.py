@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from processor.sqlite_wal import enable_wal
 from processor.streams.base import MAX_HASH_KEY, PutRecord, PutResult, Record, ShardInfo
 
 __all__ = [
@@ -185,7 +186,7 @@ class SqliteLog:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
         try:
-            self._conn.execute("PRAGMA journal_mode=WAL")
+            enable_wal(self._conn, busy_timeout)
             # FULL: a put is on disk when it returns, as Kinesis acknowledges only stored records;
             # in WAL mode that is one fsync per 500-record transaction, cheap next to the insert.
             self._conn.execute("PRAGMA synchronous=FULL")
