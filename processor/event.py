@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
+import operator
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -173,16 +174,52 @@ def _count_keys(value: object, field: str, limits: Limits) -> None:
             stack.extend((v, depth + 1) for v in item)
 
 
-_STRING: Final = 1
-_OBJECT: Final = 2
-_TS: Final = 3
-_IGNORED: Final = 4
-_KIND: Final = {
-    **dict.fromkeys(STRING_FIELDS, _STRING),
-    **dict.fromkeys(OBJECT_FIELDS, _OBJECT),
-    "ts": _TS,
-    "received_at": _IGNORED,
-}
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """What the fast path checks in events whose keys come in one order (clients repeat theirs)."""
+
+    strings: Callable[[dict[str, Any]], tuple[Any, ...]] | None
+    objects: tuple[str, ...]
+    ts: bool
+    received_at: bool
+    event_id: bool
+    type: bool
+    ip: bool
+    user_agent: bool
+
+
+_SHAPES: dict[tuple[str, ...], _Shape | None] = {}
+_MAX_SHAPES: Final = 1024
+"""Key orders remembered; past that, new ones are worked out per event (correct, only slower)."""
+_ONLY_STR: Final = frozenset((str,))
+_NESTED: Final = frozenset((dict, list))
+
+
+def _shape(keys: tuple[str, ...]) -> _Shape | None:
+    """The checks for events with these keys; None when one is unknown (the strict path names it)."""
+    shape = _SHAPES.get(keys)
+    if shape is not None or keys in _SHAPES:
+        return shape
+    if not KNOWN_FIELDS.issuperset(keys):
+        shape = None
+    else:
+        strings = tuple(k for k in keys if k in STRING_FIELDS)
+        # one key more than needed, so that even a single string field comes back in a tuple
+        getter = operator.itemgetter(*strings, *strings[:1]) if strings else None
+        present = frozenset(keys)
+        shape = _Shape(
+            strings=getter,
+            objects=tuple(k for k in keys if k in OBJECT_FIELDS),
+            ts="ts" in present,
+            received_at="received_at" in present,
+            event_id="event_id" in present,
+            type="type" in present,
+            ip="ip" in present,
+            user_agent="user_agent" in present,
+        )
+    if len(_SHAPES) < _MAX_SHAPES:
+        _SHAPES[keys] = shape
+    return shape
 
 
 def validate_event(
@@ -193,75 +230,100 @@ def validate_event(
     user_agent: str | None = None,
     limits: Limits = DEFAULT_LIMITS,
     received_at_text: str | None = None,
+    source_len: int | None = None,
 ) -> dict[str, Any]:
     """The canonical event for one client object, or EventError naming the first bad field.
 
     `received_at` (epoch seconds), `ip` and `user_agent` come from the request; the client's
     own `ip`/`user_agent` win when given, as Segment's `context.ip` does. `received_at_text`,
     when given, is `format_ts(received_at)` computed once for the events of a request.
+    `source_len`, when given, is the length of the JSON text `raw` was parsed from: no string
+    in it has more characters than that text has bytes, so short texts skip the length checks.
 
-    One pass over the keys present for a good event; anything in doubt is decided by the
+    A good event is checked in a few C-level passes chosen by its key order (`_Shape`);
+    anything in doubt (a null, a wrong type, a value near a limit) is decided by the
     field-by-field check (`_validate_strictly`), so errors always name the first bad field in
     the documented order. The result may share nested objects with `raw`.
     """
-    if type(raw) is not dict or not raw.keys() <= KNOWN_FIELDS:
-        return _validate_strictly(raw, received_at, ip, user_agent, limits)
-    event: dict[str, Any] = {}
-    max_string = limits.max_string
-    seconds: float | None = None
-    for key, value in raw.items():
-        if value is None:
-            continue
-        kind = _KIND[key]
-        if kind is _STRING:
-            if type(value) is not str or len(value) > max_string:
-                return _validate_strictly(raw, received_at, ip, user_agent, limits)
-            event[key] = value
-        elif kind is _OBJECT:
-            if type(value) is not dict or not _small_flat(value, limits):
-                return _validate_strictly(raw, received_at, ip, user_agent, limits)
-            event[key] = value
-        elif kind is _TS:
+    if type(raw) is dict:
+        shape = _shape(tuple(raw))
+        if shape is not None:
+            short = source_len is not None and source_len <= limits.max_string
+            event = _validate_quickly(
+                raw, shape, received_at, ip, user_agent, limits, received_at_text, short
+            )
+            if event is not None:
+                return event
+    return _validate_strictly(raw, received_at, ip, user_agent, limits)
+
+
+def _validate_quickly(
+    raw: dict[str, Any],
+    shape: _Shape,
+    received_at: float,
+    ip: str | None,
+    user_agent: str | None,
+    limits: Limits,
+    received_at_text: str | None,
+    short: bool,
+) -> dict[str, Any] | None:
+    """The event when every field is plainly good; None when the strict check must decide."""
+    if shape.strings is not None:
+        strings = shape.strings(raw)
+        if not _ONLY_STR.issuperset(map(type, strings)) or (
+            not short and max(map(len, strings)) > limits.max_string
+        ):
+            return None
+    for key in shape.objects:
+        value = raw[key]
+        if type(value) is not dict or not _small_flat(value, limits):
+            return None
+    if shape.event_id:
+        event_id = raw["event_id"]
+        if len(event_id) > limits.max_event_id or not event_id.strip():
+            return None
+    if shape.type and raw["type"] not in EVENT_TYPES:
+        return None
+    event = raw.copy()
+    ts_text = None
+    if shape.ts:
+        value = event.pop("ts")
+        if type(value) is int:
+            seconds = value / 1000.0  # as parse_ts: the int is made a float first
+        else:
             try:
                 seconds = parse_ts(value)
             except EventError:
-                return _validate_strictly(raw, received_at, ip, user_agent, limits)
-            if (
-                not received_at - limits.max_past_seconds
-                <= seconds
-                <= received_at + limits.max_future_seconds
-            ):
-                return _validate_strictly(raw, received_at, ip, user_agent, limits)
-    kind_ = event.setdefault("type", "page")
-    event_id = event.get("event_id")
-    if kind_ not in EVENT_TYPES or (
-        event_id is not None and (len(event_id) > limits.max_event_id or not event_id.strip())
-    ):
-        return _validate_strictly(raw, received_at, ip, user_agent, limits)
-    if event_id is None:
+                return None
+        if not received_at - limits.max_past_seconds <= seconds <= received_at + limits.max_future_seconds:
+            return None
+        ts_text = format_ts(seconds)
+    if shape.received_at:
+        del event["received_at"]
+    if not shape.type:
+        event["type"] = "page"
+    if not shape.event_id:
         event["event_id"] = new_event_id()
-    if seconds is not None:
-        event["ts"] = format_ts(seconds)
+    if ts_text is not None:
+        event["ts"] = ts_text
     event["received_at"] = received_at_text or format_ts(received_at)
-    if ip is not None and "ip" not in event:
+    if ip is not None and not shape.ip:
         event["ip"] = ip
-    if user_agent is not None and "user_agent" not in event:
+    if user_agent is not None and not shape.user_agent:
         event["user_agent"] = user_agent
     return event
 
 
 def _small_flat(value: dict[str, Any], limits: Limits) -> bool:
-    """True when `value` holds no nested object or array and is within the key limit."""
+    """True when `value` is within the key and depth limits; told at once when it is flat."""
     if len(value) > limits.max_object_keys:
         return False
-    for item in value.values():
-        kind = type(item)
-        if kind is dict or kind is list:
-            try:
-                _count_keys(value, "", limits)
-            except EventError:
-                return False
-            return True
+    if _NESTED.isdisjoint(map(type, value.values())):
+        return True
+    try:
+        _count_keys(value, "", limits)
+    except EventError:
+        return False
     return True
 
 

@@ -103,27 +103,29 @@ class Handlers:
             index = 0
             add = self.intake.add
             for line in body.split(b"\n"):
-                if not line or line.isspace():
+                if not line:
                     continue
                 try:
                     item = orjson.loads(line)
                     check_structure(line, item, "line")
                 except orjson.JSONDecodeError as exc:
+                    if line.isspace():
+                        continue
                     self.intake.reject(batch, index, not_json(line, exc, "line").message, line)
                 except RequestError as exc:
                     self.intake.reject(batch, index, exc.message, line)
                 else:
-                    add(batch, index, item, line)
+                    add(batch, index, item, line, len(line))
                 index += 1
             if index == 0:
                 raise RequestError(Problem.NOT_JSON, "body has no events; send one JSON object per line")
         else:
             value = parse_json(body)
             if isinstance(value, dict):
-                self.intake.add(batch, 0, value, body)
+                self.intake.add(batch, 0, value, body, len(body))
             elif isinstance(value, list):
                 for index, item in enumerate(value):
-                    self.intake.add(batch, index, item)
+                    self.intake.add(batch, index, item, None, len(body))
             else:
                 raise RequestError(
                     Problem.NOT_JSON,

@@ -60,8 +60,14 @@ class Intake:
         now = time.time()
         return Batch(now, ip, user_agent, format_ts(now))
 
-    def add(self, batch: Batch, index: int, raw: object, source: bytes | None = None) -> str | None:
-        """Add one client object as an event, or as a dead letter; the error, or None if accepted."""
+    def add(
+        self, batch: Batch, index: int, raw: object, source: bytes | None = None, text_len: int | None = None
+    ) -> str | None:
+        """Add one client object as an event, or as a dead letter; the error, or None if accepted.
+
+        `source` is the dead letter's payload (else `raw` dumped); `text_len`, when known, the
+        length of the JSON text `raw` was parsed from (see `validate_event`'s `source_len`).
+        """
         try:
             event = validate_event(
                 raw,
@@ -69,6 +75,8 @@ class Intake:
                 ip=batch.ip,
                 user_agent=batch.user_agent,
                 limits=self.limits,
+                received_at_text=batch.received_at_text,
+                source_len=text_len,
             )
             data = encode_event(event, self.limits)
         except EventError as exc:

@@ -7,9 +7,12 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from hypothesis import given, settings
+import orjson
+import pytest
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from processor import event as event_module
 from processor.event import (
     OBJECT_FIELDS,
     STRING_FIELDS,
@@ -63,6 +66,50 @@ def test_the_fast_path_agrees_with_the_field_by_field_check(raw: object) -> None
     fast = outcome(lambda r: validate_event(r, received_at=NOW, ip="10.0.0.1", limits=LIMITS), raw)
     strict = outcome(lambda r: _validate_strictly(r, NOW, "10.0.0.1", None, LIMITS), raw)
     assert fast == strict
+
+
+@settings(max_examples=600, deadline=None)
+@given(raw=events)
+def test_the_fast_path_agrees_given_the_length_of_the_text(raw: dict[str, Any]) -> None:
+    """With `source_len` (the JSON text's length) short texts skip the string length checks."""
+    try:
+        text = orjson.dumps(raw)
+    except TypeError:
+        assume(False)
+        raise
+    limits = Limits(max_string=len(text), max_event_id=12, max_object_keys=6, max_depth=3)
+    fast = outcome(
+        lambda r: validate_event(r, received_at=NOW, ip="10.0.0.1", limits=limits, source_len=len(text)), raw
+    )
+    strict = outcome(lambda r: _validate_strictly(r, NOW, "10.0.0.1", None, limits), raw)
+    assert fast == strict
+
+
+def test_key_orders_past_the_cache_are_still_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(event_module, "_SHAPES", {})
+    monkeypatch.setattr(event_module, "_MAX_SHAPES", 0)
+    good = {"url": "https://a.example/", "type": "track", "properties": {"a": 1}}
+    assert validate_event(good, received_at=NOW)["type"] == "track"
+    assert validate_event(dict(reversed(good.items())), received_at=NOW)["url"] == "https://a.example/"
+    with pytest.raises(EventError, match=r"^type: unknown type 'x'"):
+        validate_event({**good, "type": "x"}, received_at=NOW)
+    assert event_module._SHAPES == {}
+
+
+def test_a_good_event_keeps_its_key_order() -> None:
+    """The record's bytes: the client's keys in their order, then the server's fields."""
+    raw = {"title": "t", "ts": 1_700_000_000_000, "anonymous_id": "a", "received_at": 5, "event_id": "e"}
+    event = validate_event(raw, received_at=1_700_000_001.5, ip="10.0.0.1", user_agent="ua")
+    assert list(event) == [
+        "title",
+        "anonymous_id",
+        "event_id",
+        "type",
+        "ts",
+        "received_at",
+        "ip",
+        "user_agent",
+    ]
 
 
 def test_a_good_event_gets_the_server_fields() -> None:
