@@ -4,7 +4,8 @@
 
 Prints two lines, `end_to_end` (embedded SQLite stream) and `end_to_end_kinesis` (kinesalite,
 `--aggregate` on). Every part is a real process on this machine: the load generators
-(`benchmarks.loadgen`, 100-event NDJSON requests), the front end, the consumers and, for the
+(`benchmarks.loadgen`, 100-event NDJSON requests), the front end, the consumers (`--consumers`
+`shardflow consume` processes sharing the shards by lease, default 2) and, for the
 second line, kinesalite; PostgreSQL gets a throwaway database, dropped at the end.
 
 The figure is events LOADED per second (rows committed in `page_views`), not accepted: after a
@@ -71,6 +72,7 @@ class Settings:
     generators: int
     connections: int
     workers: int
+    consumers: int
     backlog_seconds: float
     settle: float
     drain_timeout: float
@@ -119,7 +121,7 @@ class Pipeline:
         self.aggregate = aggregate
         self.port = 0
         self.ingest: subprocess.Popen[bytes] | None = None
-        self.consume: subprocess.Popen[bytes] | None = None
+        self.consumers: list[subprocess.Popen[bytes]] = []
         self.generators: list[Generator] = []
         self.exit_codes: dict[str, int] = {}
 
@@ -146,13 +148,20 @@ class Pipeline:
         with self._log("ingest") as log:
             self.ingest = spawn(argv, stdout=log, stderr=subprocess.STDOUT)
 
-    def start_consume(self, workers: int) -> None:
+    def start_consume(self, workers: int) -> subprocess.Popen[bytes]:
+        """One more `shardflow consume` process; the group shares the shards by lease."""
         argv = ["python", "-m", "processor", "consume", *self._common(), "--warehouse", self.warehouse_uri]
         argv += ["--host", "127.0.0.1", "--port", str(_free_port())]
         if workers:
             argv += ["--workers", str(workers)]
-        with self._log("consume") as log:
-            self.consume = spawn(argv, stdout=log, stderr=subprocess.STDOUT)
+        with self._log(f"consume{len(self.consumers)}") as log:
+            proc = spawn(argv, stdout=log, stderr=subprocess.STDOUT)
+        self.consumers.append(proc)
+        return proc
+
+    def _processes(self) -> list[tuple[str, subprocess.Popen[bytes]]]:
+        named = [("ingest", self.ingest)] if self.ingest is not None else []
+        return named + [(f"consume{i}", proc) for i, proc in enumerate(self.consumers)]
 
     def start_generators(self, count: int, connections: int) -> None:
         url = f"http://127.0.0.1:{self.port}/v1/events"
@@ -194,8 +203,8 @@ class Pipeline:
         return latencies[0] if len(latencies) == 1 else {"per_generator": latencies}
 
     def check_alive(self) -> None:
-        for name, proc in (("ingest", self.ingest), ("consume", self.consume)):
-            if proc is not None and proc.poll() is not None:
+        for name, proc in self._processes():
+            if proc.poll() is not None:
                 raise RuntimeError(f"`shardflow {name}` exited {proc.returncode}: {self.tail(name)}")
 
     def tail(self, name: str, chars: int = 600) -> str:
@@ -209,9 +218,8 @@ class Pipeline:
         for gen in self.generators:
             stop_process(gen.proc, grace=2)
         # Front end first (it drains into the stream), then the consumers.
-        for name, proc in (("ingest", self.ingest), ("consume", self.consume)):
-            if proc is not None:
-                self.exit_codes[name] = stop_process(proc, grace=20)
+        for name, proc in self._processes():
+            self.exit_codes[name] = stop_process(proc, grace=20)
 
 
 class Controller:
@@ -405,9 +413,9 @@ async def _drive(
     assert pipeline.ingest is not None
     monitor.watch("ingest", pipeline.ingest.pid)
     await _wait_ready(port, pipeline)
-    pipeline.start_consume(settings.workers)
-    assert pipeline.consume is not None
-    monitor.watch("consume", pipeline.consume.pid)
+    for i in range(settings.consumers):
+        proc = pipeline.start_consume(settings.workers)
+        monitor.watch(f"consume{i}" if settings.consumers > 1 else "consume", proc.pid)
     pipeline.start_generators(settings.generators, settings.connections)
     for i, gen in enumerate(pipeline.generators):
         monitor.watch(f"loadgen{i}" if len(pipeline.generators) > 1 else "loadgen", gen.proc.pid)
@@ -474,19 +482,21 @@ async def _drive(
         "shards": SHARDS,
         "generators": settings.generators,
         "connections": settings.connections,
+        "consumers": settings.consumers,
         "events_per_request": EVENTS_PER_REQUEST,
     }
 
 
 async def main_async(args: argparse.Namespace) -> int:
     settings = Settings(
-        seconds=args.seconds if args.seconds is not None else (15.0 if args.quick else 60.0),
+        seconds=args.seconds if args.seconds is not None else (10.0 if args.quick else 60.0),
         warmup=args.warmup if args.warmup is not None else (1.5 if args.quick else 10.0),
         copy_rows=args.copy_rows if args.copy_rows is not None else (20_000 if args.quick else 100_000),
         copy_rounds=3 if args.quick else 5,
         generators=args.generators,
         connections=args.connections,
         workers=args.workers,
+        consumers=args.consumers,
         backlog_seconds=args.backlog_seconds,
         settle=args.settle if args.settle is not None else (2.0 if args.quick else 10.0),
         drain_timeout=args.drain_timeout,
@@ -512,16 +522,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.end_to_end", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--quick", action="store_true", help="15 s window after a 1.5 s warm-up")
+    parser.add_argument("--quick", action="store_true", help="10 s window after a 1.5 s warm-up")
     parser.add_argument(
         "--only", action="append", choices=("embedded", "kinesis"), help="run one stream kind (repeatable)"
     )
-    parser.add_argument("--seconds", type=float, help="measurement window (default 60, quick 15)")
+    parser.add_argument("--seconds", type=float, help="measurement window (default 60, quick 10)")
     parser.add_argument("--warmup", type=float, help="full-speed warm-up (default 10, quick 1.5)")
     parser.add_argument("--copy-rows", type=int, help="rows per COPY round (default 100000, quick 20000)")
     parser.add_argument("--generators", type=int, default=1, help="load-generator processes")
     parser.add_argument("--connections", type=int, default=16, help="HTTP connections per generator")
     parser.add_argument("--workers", type=int, default=0, help="consumer workers (0: CLI default)")
+    parser.add_argument(
+        "--consumers", type=int, default=2, help="`shardflow consume` processes sharing the shards"
+    )
     parser.add_argument("--backlog-seconds", type=float, default=1.0, help="backlog the controller aims at")
     parser.add_argument("--settle", type=float, help="max s to shrink the warm-up backlog")
     parser.add_argument("--drain-timeout", type=float, default=60.0, help="wait this long for the backlog")
