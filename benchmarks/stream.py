@@ -20,7 +20,9 @@ GetRecords per shard per round are hard-coded, so `shard_fetch_rate` 1000 and
 `limit` is the ceiling for each figure measured in the same run: for plain puts and reads, raw
 PutRecords/GetRecords calls with pre-built bodies over aiohttp (no SDK, no per-record work), i.e.
 what kinesalite itself can take; for aggregated ones, where the server carries only a handful of
-records, the CPU cost of KPL packing (or unpacking) and JSON alone, with no network.
+records, the CPU cost of KPL packing (or unpacking) and JSON alone, with no network. The
+aggregated put also reports `server_ceiling`: the same aggregated records shardflow sends, in
+pre-built PutRecords bodies posted over aiohttp (what kinesalite can take of them).
 """
 
 from __future__ import annotations
@@ -40,9 +42,9 @@ import orjson
 from aiobotocore.session import get_session
 
 from benchmarks.common import emit, error_line, figure, interleaved_async, kinesalite_server
-from processor.streams.base import IteratorType, PutRecord
+from processor.streams.base import MAX_RECORD_BYTES, IteratorType, PutRecord, hash_key
 from processor.streams.kinesis import AGGREGATED_PUT_RECORDS, KinesisStream
-from processor.streams.kpl import AggregateBuilder, SubRecord, deaggregate
+from processor.streams.kpl import deaggregate, pack
 
 SHARDS = 4
 IN_FLIGHT = 8
@@ -301,31 +303,76 @@ class Bench:
 
     async def pack_only(self) -> float:
         started = time.perf_counter()
-        builder = AggregateBuilder()
-        for e in self.aggregated_events:
-            sub = SubRecord(e["anonymous_id"], orjson.dumps(e))
-            if not builder.try_add(sub, 1024 * 1024):
-                builder.build()
-                builder = AggregateBuilder()
-                builder.add(sub)
-        builder.build()
+        for call in _by_shard(self.aggregated_events, AGGREGATED_PUT_RECORDS):
+            for keys, datas in call:
+                pack(keys, datas, MAX_RECORD_BYTES)
         return len(self.aggregated_events) / (time.perf_counter() - started)
 
+    async def raw_put_aggregated(self) -> float:
+        """Server ceiling: the aggregated records shardflow sends, pre-built into PutRecords
+        bodies and posted over aiohttp, IN_FLIGHT at a time (what kinesalite itself can take)."""
+        name = await self.new_stream()
+        bodies: list[bytes] = []
+        for call in _by_shard(self.aggregated_events, AGGREGATED_PUT_RECORDS):
+            records = []
+            for keys, datas in call:
+                first = 0
+                for blob, count in pack(keys, datas, MAX_RECORD_BYTES):
+                    assert blob is not None
+                    key = keys[first]
+                    records.append(
+                        {
+                            "Data": base64.b64encode(blob).decode(),
+                            "PartitionKey": key,
+                            "ExplicitHashKey": str(hash_key(key)),
+                        }
+                    )
+                    first += count
+            bodies.append(orjson.dumps({"StreamName": name, "Records": records}))
+        headers = _headers("PutRecords")
+        async with aiohttp.ClientSession() as http:
+            started = time.perf_counter()
+
+            async def worker() -> None:
+                while bodies:
+                    body = bodies.pop(0)
+                    async with http.post(self.endpoint, data=body, headers=headers) as answer:
+                        assert answer.status == 200, await answer.text()
+                        await answer.read()
+
+            async with asyncio.TaskGroup() as tg:
+                for _ in range(IN_FLIGHT):
+                    tg.create_task(worker())
+            elapsed = time.perf_counter() - started
+        return len(self.aggregated_events) / elapsed
+
     async def unpack_only(self) -> float:
-        blobs: list[bytes] = []
-        builder = AggregateBuilder()
-        for e in self.aggregated_events:
-            sub = SubRecord(e["anonymous_id"], orjson.dumps(e))
-            if not builder.try_add(sub, 1024 * 1024):
-                blobs.append(builder.build())
-                builder = AggregateBuilder()
-                builder.add(sub)
-        blobs.append(builder.build())
+        blobs = [
+            blob
+            for call in _by_shard(self.aggregated_events, AGGREGATED_PUT_RECORDS)
+            for keys, datas in call
+            for blob, _ in pack(keys, datas, MAX_RECORD_BYTES)
+            if blob is not None
+        ]
         started = time.perf_counter()
         for blob in blobs:
             for sub in deaggregate(blob) or ():
                 orjson.loads(sub.data)
         return len(self.aggregated_events) / (time.perf_counter() - started)
+
+
+def _by_shard(events: list[dict[str, Any]], batch: int) -> list[list[tuple[list[str], list[bytes]]]]:
+    """Per call of `batch` events, per shard of a uniform SHARDS-shard stream, the partition keys
+    and JSON of its events, as `KinesisStream` groups them before packing."""
+    calls: list[list[tuple[list[str], list[bytes]]]] = []
+    for start in range(0, len(events), batch):
+        groups: list[tuple[list[str], list[bytes]]] = [([], []) for _ in range(SHARDS)]
+        for e in events[start : start + batch]:
+            keys, datas = groups[hash_key(e["anonymous_id"]) * SHARDS >> 128]
+            keys.append(e["anonymous_id"])
+            datas.append(orjson.dumps(e))
+        calls.append([g for g in groups if g[0]])
+    return calls
 
 
 def _headers(target: str) -> dict[str, str]:
@@ -359,7 +406,9 @@ async def run(quick: bool) -> None:
             except Exception as exc:
                 emit(error_line(name, f"{type(exc).__name__}: {exc}"))
                 return
-            peers = {k: v for k, v in got.items() if k not in {"shardflow", "limit"}}
+            if "server_ceiling" in got:
+                extra = {"server_ceiling": round(got["server_ceiling"], 1), **extra}
+            peers = {k: v for k, v in got.items() if k not in {"shardflow", "limit", "server_ceiling"}}
             emit(figure(name, got["shardflow"], got["limit"], peers=peers, rss_mb=peak_rss_mb(), **extra))
 
         await line(
@@ -392,10 +441,12 @@ async def run(quick: bool) -> None:
                 "shardflow": lambda: bench.shardflow_put(aggregate=True, keep="read_aggregated"),
                 "async_kinesis": lambda: bench.async_kinesis_put(aggregate=True),
                 "limit": bench.pack_only,
+                "server_ceiling": bench.raw_put_aggregated,
             },
             **aggregated,
             shardflow_batch=AGGREGATED_PUT_RECORDS,
             limit_basis="KPL packing and JSON encoding alone, no network",
+            server_ceiling_basis="raw PutRecords, same aggregated records, pre-built bodies over aiohttp",
             **lifted,
         )
         await line(

@@ -32,6 +32,7 @@ __all__ = [
     "aggregate",
     "deaggregate",
     "is_aggregated",
+    "pack",
     "unpack",
 ]
 
@@ -75,6 +76,14 @@ _KEY_INDEX_TAG = _varint(1 << 3 | 0)
 _HASH_INDEX_TAG = _varint(2 << 3 | 0)
 _DATA_TAG = _varint(3 << 3 | 2)
 _OVERHEAD = len(MAGIC) + _DIGEST
+
+
+def _index_prefix(index: int) -> bytes:
+    """A sub-record's fields before its data for partition key `index` (no explicit hash key)."""
+    return _KEY_INDEX_TAG + _varint(index) + _DATA_TAG
+
+
+_INDEX_PREFIXES = tuple(_index_prefix(i) for i in range(1 << 14))
 
 
 class AggregateBuilder:
@@ -174,6 +183,65 @@ class AggregateBuilder:
         are written where each key first appears (parsers, AWS's included, collect them in order)."""
         body = b"".join(self._parts)
         return MAGIC + body + hashlib.md5(body).digest()
+
+
+def pack(keys: Sequence[str], datas: Sequence[bytes], limit: int) -> list[tuple[bytes | None, int]]:
+    """Records `(keys[i], datas[i])` (no explicit hash keys) packed in order into aggregated
+    records of at most `limit` bytes as `AggregateBuilder.size` counts them.
+
+    Each item is (aggregated record, how many user records it holds, in order), or (None, 1) for
+    a record too big to be aggregated at all. The bytes equal what `AggregateBuilder.try_add`
+    builds from the same records; this is its loop without a method call or a bytes
+    concatenation per record (the pieces are joined once), the producer's hot path.
+    """
+    out: list[tuple[bytes | None, int]] = []
+    small = _SMALL_VARINTS
+    index_prefixes = _INDEX_PREFIXES
+    record_tag = _RECORD_TAG
+    key_tag = _KEY_TAG
+    n = len(keys)
+    start = 0
+    while start < n:
+        prefixes: dict[str, bytes] = {}
+        parts = [MAGIC]
+        budget = limit - _OVERHEAD - len(keys[start].encode())
+        body = 0
+        i = start
+        while i < n:
+            key = keys[i]
+            data = datas[i]
+            size = len(data)
+            size_varint = small[size] if size < 16384 else _varint_slow(size)
+            prefix = prefixes.get(key)
+            if prefix is None:
+                key_bytes = key.encode()
+                index = len(prefixes)
+                prefix = index_prefixes[index] if index < 16384 else _index_prefix(index)
+                inner = len(prefix) + len(size_varint) + size
+                inner_varint = small[inner] if inner < 16384 else _varint_slow(inner)
+                key_varint = small[len(key_bytes)] if len(key_bytes) < 16384 else _varint_slow(len(key_bytes))
+                grow = 2 + len(key_varint) + len(key_bytes) + len(inner_varint) + inner
+                if body + grow > budget:
+                    break
+                prefixes[key] = prefix
+                parts += (key_tag, key_varint, key_bytes, record_tag, inner_varint, prefix, size_varint, data)
+            else:
+                inner = len(prefix) + len(size_varint) + size
+                inner_varint = small[inner] if inner < 16384 else _varint_slow(inner)
+                grow = 1 + len(inner_varint) + inner
+                if body + grow > budget:
+                    break
+                parts += (record_tag, inner_varint, prefix, size_varint, data)
+            body += grow
+            i += 1
+        if i == start:
+            out.append((None, 1))
+            start += 1
+            continue
+        record = b"".join(parts)
+        out.append((record + hashlib.md5(memoryview(record)[len(MAGIC) :]).digest(), i - start))
+        start = i
+    return out
 
 
 def aggregate(records: Sequence[SubRecord]) -> bytes:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from processor.streams.base import MAX_RECORD_BYTES, IteratorType, PutRecord
 from processor.streams.kinesis import KinesisStream
-from processor.streams.kpl import AggregateBuilder, SubRecord, aggregate, deaggregate
+from processor.streams.kpl import AggregateBuilder, SubRecord, aggregate, deaggregate, pack
 
 
 def lambda_event(data: bytes) -> dict[str, Any]:
@@ -132,3 +132,45 @@ async def test_reads_records_written_by_the_aws_library(kinesalite_endpoint: str
         assert [r.sub_sequence_number for r in got.records[:100]] == list(range(100))
         assert len({r.sequence_number for r in got.records[:100]}) == 1
         assert (got.records[100].data, got.records[100].sub_sequence_number) == (b"plain", 0)
+
+
+def builder_pack(records: list[SubRecord], limit: int) -> list[tuple[bytes | None, int]]:
+    """What `pack` must produce, built one record at a time with `AggregateBuilder`."""
+    out: list[tuple[bytes | None, int]] = []
+    builder = AggregateBuilder()
+    for record in records:
+        if builder.try_add(record, limit):
+            continue
+        if len(builder):
+            out.append((builder.build(), len(builder)))
+        builder = AggregateBuilder()
+        if not builder.try_add(record, limit):
+            out.append((None, 1))
+    if len(builder):
+        out.append((builder.build(), len(builder)))
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.builds(
+            SubRecord,
+            st.sampled_from(["a", "bb", "ключ", "k" * 200, "é" * 70]),
+            st.binary(max_size=400).map(lambda b: b * 50) | st.binary(max_size=300),
+        ),
+        max_size=60,
+    ),
+    st.integers(min_value=0, max_value=40_000),
+)
+def test_pack_builds_the_bytes_of_the_builder(records: list[SubRecord], limit: int) -> None:
+    """Same aggregated records, same cuts at the limit, same oversized records left plain."""
+    packed = pack([r.partition_key for r in records], [r.data for r in records], limit)
+    assert packed == builder_pack(records, limit)
+    assert sum(count for _, count in packed) == len(records)
+    start = 0
+    for blob, count in packed:
+        if blob is not None:
+            assert deaggregate(blob) == records[start : start + count]
+            assert len(blob) + len(records[start].partition_key.encode()) <= limit
+        start += count
