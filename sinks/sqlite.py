@@ -1,6 +1,7 @@
 """The embedded warehouse: one SQLite file in WAL mode, shared safely by several processes.
 
-Every SQLite call runs in one dedicated thread (never on the event loop). Writes are
+Every SQLite call runs in one dedicated thread (never on the event loop), lease calls ahead of
+queued batch writes, so a renewal never waits for a backlog of writes to expire. Writes are
 `BEGIN IMMEDIATE` transactions, so the fence check, the rows, the dead letters and the
 checkpoint of a batch commit together or not at all, and two processes never interleave them.
 `query` uses a second, read-only connection (`mode=ro`, `PRAGMA query_only`).
@@ -13,11 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import queue
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.request import pathname2url
@@ -95,13 +99,45 @@ def _row(view: PageView) -> tuple[object, ...]:
     return tuple(values)
 
 
+class _SqliteThread:
+    """The one thread that runs every call on the warehouse's connections, urgent calls first."""
+
+    def __init__(self) -> None:
+        self._queue: queue.PriorityQueue[tuple[int, int, Callable[[], Any] | None, Future[Any] | None]]
+        self._queue = queue.PriorityQueue()
+        self._order = itertools.count()
+        self._thread = threading.Thread(target=self._work, name="sqlite-warehouse", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[], T], *, urgent: bool = False) -> Future[T]:
+        future: Future[T] = Future()
+        self._queue.put((0 if urgent else 1, next(self._order), fn, future))
+        return future
+
+    def shutdown(self) -> None:
+        """Stop once the calls queued so far have run."""
+        self._queue.put((2, next(self._order), None, None))
+
+    def _work(self) -> None:
+        while True:
+            _, _, fn, future = self._queue.get()
+            if fn is None or future is None:
+                return
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+
 class SqliteWarehouse(AsyncWarehouse):
     """`sinks.base.Warehouse` on one SQLite file; see the module docstring for the guarantees."""
 
     def __init__(self, path: Path | str, *, busy_timeout: float = 30.0) -> None:
         self.path = Path(path)
         self.busy_timeout = busy_timeout
-        self._executor: ThreadPoolExecutor | None = None
+        self._thread: _SqliteThread | None = None
         self._conn: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._start_lock = asyncio.Lock()
@@ -119,8 +155,8 @@ class SqliteWarehouse(AsyncWarehouse):
         async with self._start_lock:
             if self._conn is not None:
                 return
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(1, thread_name_prefix="sqlite-warehouse")
+            if self._thread is None:
+                self._thread = _SqliteThread()
             await self._call(self._open)
 
     def _open(self) -> None:
@@ -171,8 +207,8 @@ class SqliteWarehouse(AsyncWarehouse):
             raise
 
     async def close(self) -> None:
-        executor, self._executor = self._executor, None
-        if executor is None:
+        thread, self._thread = self._thread, None
+        if thread is None:
             return
         conn, reader = self._conn, self._reader
         self._conn = self._reader = None
@@ -183,17 +219,18 @@ class SqliteWarehouse(AsyncWarehouse):
                     c.close()
 
         try:
-            await asyncio.get_running_loop().run_in_executor(executor, shut)
+            await asyncio.wrap_future(thread.submit(shut))
         finally:
-            executor.shutdown(wait=False)
+            thread.shutdown()
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run `fn` in the SQLite thread; sqlite3 errors become shardflow errors here, only here."""
-        if self._executor is None:
+    async def _call(self, fn: Callable[..., T], *args: Any, urgent: bool = False) -> T:
+        """Run `fn` in the SQLite thread (`urgent`: ahead of the calls queued); sqlite3 errors
+        become shardflow errors here, only here."""
+        if self._thread is None:
             await self.start()
-        assert self._executor is not None
+        assert self._thread is not None
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+            return await asyncio.wrap_future(self._thread.submit(partial(fn, *args), urgent=urgent))
         except sqlite3.Error as exc:
             if isinstance(exc, sqlite3.OperationalError) and "unable to open" in str(exc):
                 raise ConfigError(f"cannot open SQLite warehouse {self.path}: {exc}") from exc
@@ -333,7 +370,7 @@ class SqliteWarehouse(AsyncWarehouse):
                 [(stream, s.shard_id, parents_json(s.parent_shard_ids)) for s in shards],
             )
 
-        await self._call(self._transaction, create)
+        await self._call(self._transaction, create, urgent=True)
 
     @staticmethod
     def _lease(conn: sqlite3.Connection, stream: str, shard_id: str) -> Lease:
@@ -343,7 +380,7 @@ class SqliteWarehouse(AsyncWarehouse):
         def get() -> list[Lease]:
             return [lease_from_row(*r) for r in self._db().execute(_SQL.leases, (stream,)).fetchall()]
 
-        return await self._call(get)
+        return await self._call(get, urgent=True)
 
     async def take_lease(
         self, stream: str, shard_id: str, owner: str, expected_counter: int, ttl: float
@@ -358,7 +395,7 @@ class SqliteWarehouse(AsyncWarehouse):
                 return None
             return self._lease(conn, stream, shard_id)
 
-        return await self._call(self._transaction, take)
+        return await self._call(self._transaction, take, urgent=True)
 
     async def renew_leases(
         self,
@@ -384,19 +421,19 @@ class SqliteWarehouse(AsyncWarehouse):
 
         if not held:
             return {}
-        return await self._call(self._transaction, renew)
+        return await self._call(self._transaction, renew, urgent=True)
 
     async def release_lease(self, stream: str, shard_id: str, owner: str, lease_counter: int) -> bool:
         def release(conn: sqlite3.Connection) -> bool:
             return conn.execute(_SQL.release, (stream, shard_id, owner, lease_counter)).rowcount == 1
 
-        return await self._call(self._transaction, release)
+        return await self._call(self._transaction, release, urgent=True)
 
     async def request_handoff(self, stream: str, shard_id: str, requester: str) -> None:
         def ask(conn: sqlite3.Connection) -> None:
             conn.execute(_SQL.handoff, (requester, stream, shard_id, requester))
 
-        await self._call(self._transaction, ask)
+        await self._call(self._transaction, ask, urgent=True)
 
     async def now(self) -> float:
         return time.time()
