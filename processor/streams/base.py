@@ -17,7 +17,7 @@ import enum
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 __all__ = [
     "MAX_GET_BYTES",
@@ -128,8 +128,13 @@ class PutResult:
         return self.error_code is None
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
+    """One record as GetRecords returns it.
+
+    A NamedTuple, not a frozen dataclass: a read builds thousands of them, and a tuple is made
+    in a third of the time (the embedded stream even builds them straight from SQLite rows).
+    """
+
     sequence_number: str
     partition_key: str
     data: bytes

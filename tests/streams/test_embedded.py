@@ -17,6 +17,7 @@ from processor.errors import InvalidRequest, StreamUnavailable
 from processor.streams import open_stream
 from processor.streams.base import IteratorType, PutRecord, Record
 from processor.streams.embedded import EmbeddedStream
+from processor.streams.embedded_log import format_sequence, parse_sequence, sequence_head
 from tests.support.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -230,3 +231,26 @@ async def test_no_blocking_call_runs_on_the_event_loop(tmp_path: Path) -> None:
         assert (await stream.get_records(iterator)).records
         await stream.split_shard(SHARD0)
         await stream.close()
+
+
+def test_sequence_numbers_are_the_shard_head_and_30_digits_of_local() -> None:
+    """Reads and puts paste `sequence_head` and the zero-padded local; it must equal the number."""
+    for idx in (0, 1, 9, 10, 123_456):
+        for local in (0, 1, 999, 2**40 - 1):
+            assert sequence_head(idx) + f"{local:030d}" == format_sequence(idx, local)
+            assert parse_sequence(format_sequence(idx, local), idx) == local
+
+
+async def test_reads_return_the_sequence_numbers_puts_gave_across_shards(tmp_path: Path) -> None:
+    async with EmbeddedStream(tmp_path / "stream.db") as stream:
+        await stream.create(2)
+        await stream.split_shard("shardId-000000000001")
+        results = await stream.put_records([PutRecord(f"e{i}".encode(), f"p{i}") for i in range(300)])
+        seen = await read_all(stream)
+    put = {(r.shard_id, r.sequence_number) for r in results}
+    read = {(shard, r.sequence_number) for shard, records in seen.items() for r in records}
+    assert put == read and len(read) == 300
+    assert {shard for shard, _ in put} == {SHARD0, "shardId-000000000002", "shardId-000000000003"}
+    for records in seen.values():
+        assert all(isinstance(r, Record) and r.sub_sequence_number == 0 for r in records)
+        assert [int(r.sequence_number) for r in records] == sorted(int(r.sequence_number) for r in records)
