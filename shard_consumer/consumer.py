@@ -20,6 +20,7 @@ import time
 from processor.errors import FatalError, RetriableError, WarehouseUnavailable
 from processor.metrics import CONSUMER_MILLIS_BEHIND, WAREHOUSE_UP
 from processor.streams.base import Stream
+from shard_consumer import gc_tuning
 from shard_consumer.config import ConsumerConfig
 from shard_consumer.leases import LeaseManager, new_consumer_id
 from shard_consumer.pool import WorkerPool
@@ -54,6 +55,7 @@ class Consumer:
         self._stopped_event = asyncio.Event()
         self._resync = True
         self._wake = asyncio.Event()
+        self._tuned_gc = False
 
     @property
     def renew_interval(self) -> float:
@@ -72,6 +74,8 @@ class Consumer:
         if self._loop_task is not None or self._stopped:
             return
         await self._pool.start()
+        gc_tuning.consuming(True)
+        self._tuned_gc = True
         self._loop_task = asyncio.create_task(self._lease_loop(), name=f"leases {self.consumer_id}")
 
     async def stop(self) -> None:
@@ -103,6 +107,9 @@ class Consumer:
             try:
                 await self._pool.close()
             finally:
+                if self._tuned_gc:
+                    self._tuned_gc = False
+                    gc_tuning.consuming(False)
                 self._stopped = True
                 self._stopped_event.set()
 

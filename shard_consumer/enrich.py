@@ -117,6 +117,8 @@ class _UrlParts(NamedTuple):
 
 
 _NO_URL = _UrlParts(None, None, None, None, None)
+_new_row = tuple.__new__
+"""A NamedTuple from a tuple in its field order, without the keyword-handling constructor."""
 _HTTP_URL = re.compile(r"https?://([^/?#@\[\]%]*)(?=[/?#]|\Z)([^?#]*)(?:\?([^#]*))?")
 _UTM_KEYS = ("utm_source", "utm_medium", "utm_campaign")
 _UTM_FIELD = re.compile(r"(?:^|&)(utm_source|utm_medium|utm_campaign)=([^&]+)")
@@ -160,6 +162,35 @@ def _utm(query: str) -> tuple[str | None, str | None, str | None]:
 
 @lru_cache(maxsize=8192)
 def _url_parts(url: str) -> _UrlParts:
+    """Host, path and UTM fields of `url`.
+
+    Most distinct URLs are a few paths times a few query strings (campaign tags, ids), so a URL
+    not seen yet is cut at its `?` and each half analysed through its own cache.
+    """
+    base, mark, query = url.partition("?")
+    if mark and url.isascii() and url.isprintable() and "#" not in base:
+        where = _base_parts(base)
+        if where is not None:
+            return _new_row(_UrlParts, (*where, *_query_utm(query.partition("#")[0])))
+    return _whole_url_parts(url)
+
+
+@lru_cache(maxsize=8192)
+def _base_parts(base: str) -> tuple[str | None, str | None] | None:
+    """(host, path) of a plain http(s) URL without query or fragment; None for anything else."""
+    match = _HTTP_URL.match(base)
+    if match is None:
+        return None
+    host = match[1].partition(":")[0].lower() or None
+    return host, match[2] or ("/" if host else None)
+
+
+@lru_cache(maxsize=1024)
+def _query_utm(query: str) -> tuple[str | None, str | None, str | None]:
+    return _utm(query) if "utm_" in query else (None, None, None)
+
+
+def _whole_url_parts(url: str) -> _UrlParts:
     try:
         host, path, query = _split(url)
     except ValueError:
@@ -198,9 +229,6 @@ def _parse_time(value: str) -> datetime:
 
 def _time(value: object) -> datetime | None:
     return _parse_time(value) if isinstance(value, str) else None
-
-
-_new_row = tuple.__new__
 
 
 def to_page_view(
