@@ -16,10 +16,11 @@ from __future__ import annotations
 import functools
 import math
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from itertools import chain, repeat
+from typing import Any, Final, cast
 
 import orjson
 import uuid_utils
@@ -36,11 +37,13 @@ __all__ = [
     "decode_record",
     "encode_dead_letter",
     "encode_event",
+    "encode_events",
     "format_ts",
     "new_event_id",
     "parse_ts",
     "partition_key",
     "validate_event",
+    "validate_events",
 ]
 
 STRING_FIELDS: Final = (
@@ -188,35 +191,42 @@ class _Shape:
     user_agent: bool
 
 
-_SHAPES: dict[tuple[str, ...], _Shape | None] = {}
+_SHAPES: dict[tuple[str, ...], _Shape] = {}
 _MAX_SHAPES: Final = 1024
 """Key orders remembered; past that, new ones are worked out per event (correct, only slower)."""
 _ONLY_STR: Final = frozenset((str,))
+_ONLY_DICT: Final = frozenset((dict,))
+_ONLY_INT: Final = frozenset((int,))
+_EVENT_ID: Final = operator.itemgetter("event_id")
+_TYPE: Final = operator.itemgetter("type")
+_TS: Final = operator.itemgetter("ts")
 _NESTED: Final = frozenset((dict, list))
 
 
 def _shape(keys: tuple[str, ...]) -> _Shape | None:
-    """The checks for events with these keys; None when one is unknown (the strict path names it)."""
+    """The checks for events with these keys; None when one is unknown (the strict path names it).
+
+    Only shapes of known fields are remembered, so what the cache holds stays small.
+    """
     shape = _SHAPES.get(keys)
-    if shape is not None or keys in _SHAPES:
+    if shape is not None:
         return shape
     if not KNOWN_FIELDS.issuperset(keys):
-        shape = None
-    else:
-        strings = tuple(k for k in keys if k in STRING_FIELDS)
-        # one key more than needed, so that even a single string field comes back in a tuple
-        getter = operator.itemgetter(*strings, *strings[:1]) if strings else None
-        present = frozenset(keys)
-        shape = _Shape(
-            strings=getter,
-            objects=tuple(k for k in keys if k in OBJECT_FIELDS),
-            ts="ts" in present,
-            received_at="received_at" in present,
-            event_id="event_id" in present,
-            type="type" in present,
-            ip="ip" in present,
-            user_agent="user_agent" in present,
-        )
+        return None
+    strings = tuple(k for k in keys if k in STRING_FIELDS)
+    # one key more than needed, so that even a single string field comes back in a tuple
+    getter = operator.itemgetter(*strings, *strings[:1]) if strings else None
+    present = frozenset(keys)
+    shape = _Shape(
+        strings=getter,
+        objects=tuple(k for k in keys if k in OBJECT_FIELDS),
+        ts="ts" in present,
+        received_at="received_at" in present,
+        event_id="event_id" in present,
+        type="type" in present,
+        ip="ip" in present,
+        user_agent="user_agent" in present,
+    )
     if len(_SHAPES) < _MAX_SHAPES:
         _SHAPES[keys] = shape
     return shape
@@ -249,77 +259,134 @@ def validate_event(
         shape = _shape(tuple(raw))
         if shape is not None:
             short = source_len is not None and source_len <= limits.max_string
-            event = _validate_quickly(
-                raw, shape, received_at, ip, user_agent, limits, received_at_text, short
+            request = _Request(
+                received_at, ip, user_agent, limits, received_at_text or format_ts(received_at)
             )
-            if event is not None:
-                return event
+            events = _validate_quickly([raw], shape, request, short)
+            if events is not None:
+                return events[0]
     return _validate_strictly(raw, received_at, ip, user_agent, limits)
 
 
-def _validate_quickly(
-    raw: dict[str, Any],
-    shape: _Shape,
+def validate_events(
+    raws: Sequence[object],
+    *,
     received_at: float,
-    ip: str | None,
-    user_agent: str | None,
-    limits: Limits,
-    received_at_text: str | None,
-    short: bool,
-) -> dict[str, Any] | None:
-    """The event when every field is plainly good; None when the strict check must decide."""
+    ip: str | None = None,
+    user_agent: str | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    received_at_text: str | None = None,
+    source_len: int | None = None,
+) -> list[dict[str, Any] | None]:
+    """`validate_event` for the objects of one request, checked together per key order.
+
+    Each object's event, or None where a check had a doubt about the object's group: give
+    those to `validate_event`, which decides (and names the error). `source_len` bounds the
+    JSON text of every one of them.
+    """
+    events: list[dict[str, Any] | None] = [None] * len(raws)
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for index, raw in enumerate(raws):
+        if type(raw) is dict:
+            groups.setdefault(tuple(raw), []).append(index)
+    short = source_len is not None and source_len <= limits.max_string
+    request = _Request(received_at, ip, user_agent, limits, received_at_text or format_ts(received_at))
+    for keys, indices in groups.items():
+        shape = _shape(keys)
+        if shape is None:
+            continue
+        group = [cast(dict[str, Any], raws[index]) for index in indices]
+        good = _validate_quickly(group, shape, request, short)
+        if good is not None:
+            for index, event in zip(indices, good, strict=True):
+                events[index] = event
+    return events
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """What the events of one request share."""
+
+    received_at: float
+    ip: str | None
+    user_agent: str | None
+    limits: Limits
+    received_at_text: str
+
+
+def _validate_quickly(
+    group: list[dict[str, Any]], shape: _Shape, request: _Request, short: bool
+) -> list[dict[str, Any]] | None:
+    """The events of objects with one key order when every field of every one is plainly good;
+    None when the strict check must decide. Each check is one C-level pass over the group."""
+    limits = request.limits
     if shape.strings is not None:
-        strings = shape.strings(raw)
+        strings = list(chain.from_iterable(map(shape.strings, group)))
         if not _ONLY_STR.issuperset(map(type, strings)) or (
             not short and max(map(len, strings)) > limits.max_string
         ):
             return None
     for key in shape.objects:
-        value = raw[key]
-        if type(value) is not dict or not _small_flat(value, limits):
+        objects = list(map(operator.itemgetter(key), group))
+        if not _ONLY_DICT.issuperset(map(type, objects)):
+            return None
+        flat = max(map(len, objects)) <= limits.max_object_keys and _NESTED.isdisjoint(
+            map(type, chain.from_iterable(map(dict.values, objects)))
+        )
+        # nested values are rare: then each object is counted through
+        if not flat and not all(_small(value, limits) for value in objects):
             return None
     if shape.event_id:
-        event_id = raw["event_id"]
-        if len(event_id) > limits.max_event_id or not event_id.strip():
+        ids = list(map(_EVENT_ID, group))
+        if max(map(len, ids)) > limits.max_event_id or not all(map(str.strip, ids)):
             return None
-    if shape.type and raw["type"] not in EVENT_TYPES:
+    if shape.type and not EVENT_TYPES.issuperset(map(_TYPE, group)):
         return None
-    event = raw.copy()
-    ts_text = None
+    stamps: list[str | None] = [None] * len(group)
     if shape.ts:
-        value = event.pop("ts")
-        if type(value) is int:
-            seconds = value / 1000.0  # as parse_ts: the int is made a float first
+        values = list(map(_TS, group))
+        if _ONLY_INT.issuperset(map(type, values)):
+            # as parse_ts does: each int is made a float, then divided
+            seconds = list(map(operator.truediv, values, repeat(1000.0)))
         else:
             try:
-                seconds = parse_ts(value)
+                seconds = list(map(parse_ts, values))
             except EventError:
                 return None
-        if not received_at - limits.max_past_seconds <= seconds <= received_at + limits.max_future_seconds:
+        if not (
+            request.received_at - limits.max_past_seconds
+            <= min(seconds)
+            <= max(seconds)
+            <= request.received_at + limits.max_future_seconds
+        ):
             return None
-        ts_text = format_ts(seconds)
+        stamps = list(map(format_ts, seconds))
+    return [_complete(raw, shape, request, ts) for raw, ts in zip(group, stamps, strict=True)]
+
+
+def _complete(raw: dict[str, Any], shape: _Shape, request: _Request, ts: str | None) -> dict[str, Any]:
+    """A checked object as its event: the client's fields in their order, then the server's."""
+    event = raw.copy()
+    if shape.ts:
+        del event["ts"]
     if shape.received_at:
         del event["received_at"]
     if not shape.type:
         event["type"] = "page"
     if not shape.event_id:
         event["event_id"] = new_event_id()
-    if ts_text is not None:
-        event["ts"] = ts_text
-    event["received_at"] = received_at_text or format_ts(received_at)
-    if ip is not None and not shape.ip:
-        event["ip"] = ip
-    if user_agent is not None and not shape.user_agent:
-        event["user_agent"] = user_agent
+    if ts is not None:
+        event["ts"] = ts
+    event["received_at"] = request.received_at_text
+    if request.ip is not None and not shape.ip:
+        event["ip"] = request.ip
+    if request.user_agent is not None and not shape.user_agent:
+        event["user_agent"] = request.user_agent
     return event
 
 
-def _small_flat(value: dict[str, Any], limits: Limits) -> bool:
-    """True when `value` is within the key and depth limits; told at once when it is flat."""
-    if len(value) > limits.max_object_keys:
-        return False
-    if _NESTED.isdisjoint(map(type, value.values())):
-        return True
+def _small(value: dict[str, Any], limits: Limits) -> bool:
+    """True when `value` (with nested objects or arrays) is within the key and depth limits."""
     try:
         _count_keys(value, "", limits)
     except EventError:
@@ -409,6 +476,29 @@ def encode_event(event: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS) -> b
 
 _MAX_KEY_BYTES: Final = 4 * 256
 """The most UTF-8 bytes a partition key takes: 256 characters of at most 4 bytes."""
+
+
+def encode_events(
+    events: Sequence[Mapping[str, Any]], limits: Limits = DEFAULT_LIMITS
+) -> list[tuple[str, bytes]] | None:
+    """(partition key, record bytes) of each event, in one C-level pass over them all.
+
+    None when any event is not plainly within the limits, or has no `anonymous_id`: then take
+    them one by one with `partition_key` and `encode_event`, which names the problem.
+    """
+    try:
+        records = list(map(orjson.dumps, events))
+    except TypeError:
+        return None
+    if max(map(len, records), default=0) > min(limits.max_record_bytes, MAX_RECORD_BYTES - _MAX_KEY_BYTES):
+        return None
+    keys = list(map(_ANONYMOUS_ID, events))
+    if not all(keys) or not _ONLY_STR.issuperset(map(type, keys)) or max(map(len, keys), default=0) > 256:
+        return None
+    return list(zip(keys, records, strict=True))
+
+
+_ANONYMOUS_ID: Final = operator.methodcaller("get", "anonymous_id")
 
 
 _MAX_DEAD_LETTER_ID: Final = 128

@@ -100,32 +100,30 @@ class Handlers:
         body = await read_body(request, self.config.max_body, self.config.request_timeout)
         batch = self.intake.batch(self.access.client_ip(request), request.headers.get("User-Agent"))
         if kind in NDJSON_TYPES:
-            index = 0
-            add = self.intake.add
+            items: list[Any] = []
+            lines: list[bytes] = []
+            problems: dict[int, str] = {}
             for line in body.split(b"\n"):
                 if not line:
                     continue
                 try:
                     item = orjson.loads(line)
-                    check_structure(line, item, "line")
                 except orjson.JSONDecodeError as exc:
                     if line.isspace():
                         continue
-                    self.intake.reject(batch, index, not_json(line, exc, "line").message, line)
-                except RequestError as exc:
-                    self.intake.reject(batch, index, exc.message, line)
-                else:
-                    add(batch, index, item, line, len(line))
-                index += 1
-            if index == 0:
+                    problems[len(items)] = not_json(line, exc, "line").message
+                    item = None
+                items.append(item)
+                lines.append(line)
+            if not items:
                 raise RequestError(Problem.NOT_JSON, "body has no events; send one JSON object per line")
+            self.intake.add_all(batch, items, lines, problems, max(map(len, lines)), _check_line)
         else:
             value = parse_json(body)
             if isinstance(value, dict):
                 self.intake.add(batch, 0, value, body, len(body))
             elif isinstance(value, list):
-                for index, item in enumerate(value):
-                    self.intake.add(batch, index, item, None, len(body))
+                self.intake.add_all(batch, value, [None] * len(value), {}, len(body))
             else:
                 raise RequestError(
                     Problem.NOT_JSON,
@@ -244,6 +242,10 @@ class Handlers:
 
     async def openapi(self, request: web.Request) -> web.StreamResponse:
         return _json(200, OPENAPI)
+
+
+def _check_line(line: bytes, item: object) -> None:
+    check_structure(line, item, "line")
 
 
 def _kind(value: object) -> str:

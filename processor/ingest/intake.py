@@ -8,8 +8,9 @@ on the disk, never on the stream.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -19,10 +20,12 @@ from processor.event import (
     Limits,
     encode_dead_letter,
     encode_event,
+    encode_events,
     format_ts,
     new_event_id,
     partition_key,
     validate_event,
+    validate_events,
 )
 from processor.ingest.config import IngestConfig
 from processor.ingest.errors import Problem, RequestError
@@ -86,6 +89,66 @@ class Intake:
         batch.records.append((key if len(key) <= 256 else partition_key(event), data))
         batch.accepted += 1
         return None
+
+    def add_all(
+        self,
+        batch: Batch,
+        raws: Sequence[object],
+        sources: Sequence[bytes | None],
+        problems: Mapping[int, str],
+        text_len: int | None,
+        check: Callable[[bytes, object], None] | None = None,
+    ) -> None:
+        """Add the objects of one request in order, checked together (`validate_events`).
+
+        `problems` names the indexes that did not parse, with the error; `sources` and
+        `text_len` are as for `add`. `check(source, raw)` raises RequestError for a structure
+        the body limits refuse (depth, fields); it runs only for objects the event checks did not
+        pass outright, as the event limits are within the body's (a test holds them so). The
+        outcome for each index is that of `check` then `add`.
+        """
+        events = validate_events(
+            raws,
+            received_at=batch.received_at,
+            ip=batch.ip,
+            user_agent=batch.user_agent,
+            limits=self.limits,
+            received_at_text=batch.received_at_text,
+            source_len=text_len,
+        )
+        limits = self.limits
+        if None not in events:
+            good = encode_events(cast(list[dict[str, Any]], events), limits)
+            if good is not None:
+                batch.records += good
+                batch.accepted += len(good)
+                return
+        records = batch.records
+        accepted = 0
+        for index, event in enumerate(events):
+            if event is None:
+                source = sources[index]
+                problem = problems.get(index)
+                if problem is None and check is not None and source is not None:
+                    try:
+                        check(source, raws[index])
+                    except RequestError as exc:
+                        problem = exc.message
+                if problem is not None:
+                    self.reject(batch, index, problem, source or b"")
+                else:
+                    self.add(batch, index, raws[index], source, text_len)
+                continue
+            try:
+                data = encode_event(event, limits)
+            except EventError as exc:
+                source = sources[index]
+                self.reject(batch, index, str(exc), source if source is not None else _dump(raws[index]))
+                continue
+            key = event.get("anonymous_id") or event.get("user_id") or event["event_id"]
+            records.append((key if len(key) <= 256 else partition_key(event), data))
+            accepted += 1
+        batch.accepted += accepted
 
     def reject(self, batch: Batch, index: int, reason: str, payload: bytes) -> None:
         """Record a rejected event as a dead letter that travels the stream like any event."""

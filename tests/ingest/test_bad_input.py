@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import orjson
 import pytest
 
+from processor.ingest.body import MAX_DEPTH, MAX_FIELDS
+from processor.ingest.config import IngestConfig
+from processor.ingest.intake import Intake
 from processor.ingest.server import FrontEnd
+from processor.spool import Spool
 from processor.streams.embedded import EmbeddedStream
 from tests.ingest.conftest import FrontFactory, dead_letters_on_stream, events_on_stream, url
 from tests.support.wait import eventually
@@ -125,6 +129,37 @@ async def test_ndjson_keeps_good_lines_and_rejects_bad_ones(
     )
     events = await eventually(lambda: _when_len(events_on_stream(stream), 2), timeout=10, what="2 events")
     assert sorted(e["event_id"] for e in events) == ["n1", "n2"]
+
+
+async def test_ndjson_lines_over_the_structure_limits_are_named_as_such(
+    front: FrontEnd, client: aiohttp.ClientSession
+) -> None:
+    """Lines are checked against the body limits only when the event checks have a doubt: the
+    event limits sit within the body's, so what those pass needs no structure walk."""
+    deep = b'{"event_id": "d", "properties": ' + b'{"a": ' * 70 + b"{}" + b"}" * 71
+    wide = orjson.dumps({"event_id": "w", "properties": {f"k{i}": i for i in range(1001)}})
+    deep_event = b'{"event_id": "e", "properties": ' + b'{"a": ' * 40 + b"{}" + b"}" * 41
+    good = b'{"event_id": "g", "properties": {"a": {"b": [1, 2]}}}'
+    body = b"\n".join([good, deep, b"  ", wide, deep_event, good.replace(b'"g"', b'"h"')])
+    status, answer = await post(client, front, body, {"Content-Type": "application/x-ndjson"})
+    assert (status, answer) == (
+        202,
+        {
+            "accepted": 2,
+            "rejected": [
+                {"index": 1, "error": "line is nested deeper than 64 levels"},
+                {"index": 2, "error": "line has an object with 1001 fields; the limit is 1000"},
+                {"index": 3, "error": "properties: is nested deeper than 32 levels"},
+            ],
+        },
+    )
+
+
+def test_the_event_limits_sit_within_the_body_limits() -> None:
+    """What `validate_events` passes never breaks `check_structure` (see `Intake.add_all`)."""
+    limits = Intake(IngestConfig(port=0), cast(Spool, None)).limits
+    assert limits.max_depth + 1 <= MAX_DEPTH
+    assert limits.max_object_keys <= MAX_FIELDS
 
 
 @pytest.mark.parametrize("kind", ["multipart/form-data; boundary=x", "application/xml", "image/png"])

@@ -19,8 +19,12 @@ from processor.event import (
     EventError,
     Limits,
     _validate_strictly,
+    encode_event,
+    encode_events,
     format_ts,
+    partition_key,
     validate_event,
+    validate_events,
 )
 
 NOW = time.time()
@@ -85,6 +89,65 @@ def test_the_fast_path_agrees_given_the_length_of_the_text(raw: dict[str, Any]) 
     assert fast == strict
 
 
+field_values = st.one_of(values, timestamps, st.sampled_from(["page", "track", "bogus", " ", "e" * 13]))
+same_keys = st.lists(fields, unique=True, max_size=6).flatmap(
+    lambda keys: st.lists(
+        st.tuples(*[field_values] * len(keys)).map(lambda vs: dict(zip(keys, vs, strict=True))), max_size=5
+    )
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(groups=st.lists(same_keys | st.lists(values, max_size=2), max_size=4), short=st.booleans())
+def test_events_checked_together_agree_with_the_field_by_field_check(
+    groups: list[list[object]], short: bool
+) -> None:
+    """A doubt about one object sends its whole group to the one-by-one path, never a wrong event."""
+    raws = [raw for group in groups for raw in group]
+    source_len = LIMITS.max_string if short else None
+    if short:
+        raws = [r for r in raws if not isinstance(r, dict) or _longest_string(r) <= LIMITS.max_string]
+    got = validate_events(raws, received_at=NOW, ip="10.0.0.1", limits=LIMITS, source_len=source_len)
+    assert len(got) == len(raws)
+    for raw, event in zip(raws, got, strict=True):
+        strict = outcome(lambda r: _validate_strictly(r, NOW, "10.0.0.1", None, LIMITS), raw)
+        if event is not None:
+            assert outcome(lambda r, e=event: e, raw) == strict
+
+
+def _longest_string(value: object) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return max((_longest_string(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return max((_longest_string(v) for v in value), default=0)
+    return 0
+
+
+def test_a_good_request_is_checked_together() -> None:
+    raws: list[object] = [
+        {"url": f"https://a.example/{i}", "ts": 1_700_000_000_000 + i, "anonymous_id": "a"} for i in range(3)
+    ]
+    raws.insert(1, {"url": "https://a.example/", "type": "bogus"})
+    got = validate_events(raws, received_at=1_700_000_001.5, ip="10.0.0.1", user_agent="ua")
+    assert got[1] is None
+    events = [event for event in got if event is not None]
+    assert [event.pop("event_id") for event in events]
+    assert events == [
+        {
+            "url": f"https://a.example/{i}",
+            "anonymous_id": "a",
+            "type": "page",
+            "ts": f"2023-11-14T22:13:20.00{i}Z",
+            "received_at": "2023-11-14T22:13:21.500Z",
+            "ip": "10.0.0.1",
+            "user_agent": "ua",
+        }
+        for i in range(3)
+    ]
+
+
 def test_key_orders_past_the_cache_are_still_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(event_module, "_SHAPES", {})
     monkeypatch.setattr(event_module, "_MAX_SHAPES", 0)
@@ -140,3 +203,23 @@ def test_a_good_event_gets_the_server_fields() -> None:
 def test_format_ts_shows_what_datetime_shows(seconds: float) -> None:
     dt = datetime.fromtimestamp(seconds, UTC)
     assert format_ts(seconds) == dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def test_events_are_encoded_together_as_one_by_one() -> None:
+    events = [
+        validate_event({"anonymous_id": f"a{i}", "url": "https://a.example/"}, received_at=NOW)
+        for i in range(3)
+    ]
+    assert encode_events(events) == [(partition_key(e), encode_event(e)) for e in events]
+
+
+def test_events_encoded_together_defer_any_doubt_to_one_by_one() -> None:
+    good = {"anonymous_id": "a", "event_id": "e"}
+    assert encode_events([good, {"user_id": "u", "event_id": "e"}]) is None
+    assert encode_events([good, {"anonymous_id": "a" * 257, "event_id": "e"}]) is None
+    assert encode_events([good, {"anonymous_id": "", "event_id": "e"}]) is None
+    assert (
+        encode_events([good, {"anonymous_id": "a", "title": "t" * 600}], Limits(max_record_bytes=500)) is None
+    )
+    assert encode_events([good, {"anonymous_id": "a", "x": object()}]) is None
+    assert encode_events([]) == []
