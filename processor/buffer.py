@@ -11,7 +11,9 @@ under `max_bytes` however long the stream is down.
 from __future__ import annotations
 
 import asyncio
+from bisect import bisect_right
 from collections import deque
+from itertools import accumulate, islice
 from operator import attrgetter
 
 from processor.spool import Entry, Position
@@ -69,16 +71,16 @@ class Buffer:
 
     def take(self, max_records: int, max_bytes: int) -> list[Entry]:
         """Up to `max_records` records (at least one if any) from memory, in spool order."""
-        taken: list[Entry] = []
-        size = 0
-        while self._entries and len(taken) < max_records:
-            entry = self._entries[0]
-            if taken and size + entry.size > max_bytes:
-                break
-            self._entries.popleft()
-            taken.append(entry)
-            size += entry.size
-        self._bytes -= size
+        if not self._entries or max_records < 1:
+            return []
+        taken = list(islice(self._entries, max_records))
+        ends = list(accumulate(map(_SIZE, taken)))
+        count = max(bisect_right(ends, max_bytes), 1)
+        del taken[count:]
+        popleft = self._entries.popleft
+        for _ in range(count):
+            popleft()
+        self._bytes -= ends[count - 1]
         return taken
 
     def caught_up(self, position: Position, end: Position) -> None:

@@ -33,6 +33,8 @@ __all__ = ["Flusher"]
 log = logging.getLogger(__name__)
 
 _SIZE = attrgetter("size")
+_KEY = attrgetter("partition_key")
+_ERROR_CODE = attrgetter("error_code")
 RETRIABLE_CODES = frozenset({"ProvisionedThroughputExceededException", "InternalFailure"})
 THROTTLE_CODE = "ProvisionedThroughputExceededException"
 
@@ -192,7 +194,7 @@ class Flusher:
     def _settle(self, batch: Sequence[Entry]) -> None:
         """A batch is done (acked or given up): free its keys and let their waiters go next."""
         busy = self._busy
-        for key in {e.partition_key for e in batch}:
+        for key in set(map(_KEY, batch)):
             left = busy[key] - 1
             if left > 0:
                 busy[key] = left
@@ -247,6 +249,10 @@ class Flusher:
                     parts.appendleft(pending)
                     continue
                 self._reachable()
+                if len(results) == len(pending) and not any(map(_ERROR_CODE, results)):
+                    metrics.PUT_RECORDS.labels("ok").inc(len(pending))
+                    self._done(pending)
+                    continue
                 failed: list[Entry] = []
                 done: list[Entry] = []
                 throttled = False
