@@ -6,6 +6,11 @@ the buffer marks where it "spilled" and from then on keeps nothing in memory: th
 from that position in the spool until it has caught up with the writer, and only then does the
 buffer take records again. So the flusher always sees records in spool order, and memory stays
 under `max_bytes` however long the stream is down.
+
+Memory means allocated memory, not just record bytes: orjson hands back each record in a buffer
+of 4-8 KiB, so a backlog of 600-byte events would take 7-14 times its budget. Once the
+buffer holds more than a small share of `max_bytes` (a backlog is forming), records it takes are
+copied to right-sized bytes; in steady flow they pass through as they are, at no cost.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from processor.spool import Entry, Position
 __all__ = ["Buffer"]
 
 _SIZE = attrgetter("size")
+_COMPACT_SHARE = 64
+"""Records offered while the buffer holds more than max_bytes / this are copied to right size."""
 
 
 class Buffer:
@@ -50,9 +57,13 @@ class Buffer:
 
     def offer(self, entries: list[Entry]) -> None:
         """Hold newly written records in memory while they fit; else mark the spill."""
+        compact = self._bytes > self.max_bytes // _COMPACT_SHARE
         if self.spilled_at is None:
             total = sum(map(_SIZE, entries))
             if self._bytes + total <= self.max_bytes:
+                if compact:
+                    for entry in entries:
+                        entry.data = bytes(memoryview(entry.data))
                 self._entries.extend(entries)
                 self._bytes += total
                 if entries:
@@ -64,6 +75,8 @@ class Buffer:
             if self._bytes + entry.size > self.max_bytes and self._entries:
                 self.spilled_at = entry.position
                 break
+            if compact:
+                entry.data = bytes(memoryview(entry.data))
             self._entries.append(entry)
             self._bytes += entry.size
         if entries:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -34,3 +37,24 @@ def test_buffer_take_is_the_longest_prefix_within_both_limits(
     assert taken == want
     assert len(buffer) == len(held) - len(want)
     assert buffer.bytes == sum(e.size for e in held) - sum(e.size for e in want)
+
+
+def test_a_full_buffer_holds_about_its_budget_in_memory_not_orjsons_4_kib_per_record() -> None:
+    """orjson returns every record in a buffer of 4-8 KiB; a backlog must not cost that."""
+    budget = 8 * 1024 * 1024
+    buffer = Buffer(max_bytes=budget)
+    event = {"event_id": "e", "url": "https://shop.example/" + "p" * 500, "anonymous_id": "a"}
+    tracemalloc.start()
+    try:
+        for batch in range(200):
+            fresh = [orjson.dumps(event) for _ in range(100)]
+            buffer.offer(
+                [Entry(1, batch * 100 + i, "a", data, len(data) + 1) for i, data in enumerate(fresh)]
+            )
+            del fresh
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert buffer.spilled_at is not None  # the buffer filled up: this is the backlog case
+    assert buffer.bytes <= budget
+    assert held < 2 * budget, f"{held / 2**20:.1f} MiB held for an {budget / 2**20:.0f} MiB buffer"
