@@ -42,7 +42,6 @@ import zlib
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate, chain, repeat
 from pathlib import Path
 from typing import Final
 
@@ -149,27 +148,6 @@ class _Chunk:
 def frame(partition_key: str, data: bytes) -> bytes:
     head = _key_head(partition_key)
     return _HEADER.pack(MAGIC, len(head) + len(data), zlib.crc32(data, zlib.crc32(head))) + head + data
-
-
-def _frame_all(
-    records: Sequence[tuple[str, bytes]], segment: int, start: int
-) -> tuple[bytes, list[Entry], int]:
-    """The frames of `records` written from `start` in `segment`, their entries, and the end.
-
-    Byte for byte what `frame` gives record by record, in C-level passes over all of them.
-    """
-    keys = list(map(_KEY_OF, records))
-    datas = list(map(_DATA_OF, records))
-    key_bytes = map(str.encode, keys)
-    heads = [_KEY_LEN.pack(len(k)) + k for k in key_bytes]
-    lengths = list(map(operator.add, map(len, heads), map(len, datas)))
-    crcs = map(zlib.crc32, datas, map(zlib.crc32, heads))
-    headers = map(_HEADER.pack, repeat(MAGIC), lengths, crcs)
-    offsets = list(accumulate(map(HEADER_BYTES.__add__, lengths), initial=start))
-    end = offsets.pop()
-    sizes = map(operator.add, map(len, datas), map(len, keys))
-    entries = list(map(Entry, repeat(segment), offsets, keys, datas, sizes))
-    return b"".join(chain.from_iterable(zip(headers, heads, datas, strict=True))), entries, end
 
 
 def _key_head(partition_key: str) -> bytes:
@@ -471,15 +449,6 @@ class Spool:
         buf = chunk.data
         in_chunk = 0
         for item in appends:
-            framed_all = _frame_all(item.records, segment, size) if size < segment_bytes else None
-            if framed_all is not None and framed_all[2] <= segment_bytes:
-                # The usual case: the whole append fits in this segment, framed in one pass;
-                # record by record (rolling segments between them) otherwise.
-                data_all, item_entries, size = framed_all
-                buf += data_all
-                entries += item_entries
-                in_chunk += len(item_entries)
-                continue
             for key, data in item.records:
                 head = _key_head(key)
                 framed = HEADER_BYTES + len(head) + len(data)

@@ -7,10 +7,8 @@ import logging
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from processor.spool import Entry, Spool, SpoolFull, _frame_all, frame
+from processor.spool import Entry, Spool, SpoolFull
 
 
 def segments(directory: Path) -> list[Path]:
@@ -107,21 +105,3 @@ async def test_fsync_always_resolves_after_the_write(tmp_path: Path) -> None:
         await spool.append(records(3))
         assert spool.size_bytes > 0
         assert sum(p.stat().st_size for p in segments(tmp_path)) == spool.size_bytes
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    records=st.lists(st.tuples(st.text(max_size=20), st.binary(max_size=300)), max_size=20),
-    start=st.integers(0, 10_000),
-)
-def test_an_append_framed_in_one_pass_is_framed_record_by_record(
-    records: list[tuple[str, bytes]], start: int
-) -> None:
-    records = [(k, d) for k, d in records if not any("\ud800" <= c <= "\udfff" for c in k)]
-    data, entries, end = _frame_all(records, 7, start)
-    assert data == b"".join(frame(k, d) for k, d in records)
-    assert end == start + len(data)
-    offset = start
-    for entry, (key, payload) in zip(entries, records, strict=True):
-        assert entry == Entry(7, offset, key, payload, len(payload) + len(key))
-        offset += len(frame(key, payload))
