@@ -17,10 +17,10 @@ import logging
 import random
 import time
 
+from processor import gc_tuning
 from processor.errors import FatalError, RetriableError, WarehouseUnavailable
 from processor.metrics import CONSUMER_MILLIS_BEHIND, WAREHOUSE_UP
 from processor.streams.base import Stream
-from shard_consumer import gc_tuning
 from shard_consumer.config import ConsumerConfig
 from shard_consumer.leases import LeaseManager, new_consumer_id
 from shard_consumer.pool import WorkerPool
@@ -74,7 +74,7 @@ class Consumer:
         if self._loop_task is not None or self._stopped:
             return
         await self._pool.start()
-        gc_tuning.consuming(True)
+        gc_tuning.busy(True)
         self._tuned_gc = True
         self._loop_task = asyncio.create_task(self._lease_loop(), name=f"leases {self.consumer_id}")
 
@@ -109,7 +109,7 @@ class Consumer:
             finally:
                 if self._tuned_gc:
                     self._tuned_gc = False
-                    gc_tuning.consuming(False)
+                    gc_tuning.busy(False)
                 self._stopped = True
                 self._stopped_event.set()
 

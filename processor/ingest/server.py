@@ -14,6 +14,7 @@ import asyncio
 
 from aiohttp import web
 
+from processor import gc_tuning
 from processor.ingest.app import make_app, readiness
 from processor.ingest.config import IngestConfig
 from processor.streams.base import Stream
@@ -56,6 +57,7 @@ class FrontEnd:
                 self.port = int(sockets[0].getsockname()[1])
             self._stopping = False
             self._runner = runner
+            gc_tuning.busy(True)
 
     async def stop(self) -> None:
         """Stop accepting, finish requests, drain within drain_timeout, close. Idempotent."""
@@ -64,7 +66,10 @@ class FrontEnd:
             if runner is None:
                 return
             self._stopping = True
-            await runner.cleanup()
+            try:
+                await runner.cleanup()
+            finally:
+                gc_tuning.busy(False)
 
     def ready(self) -> str | None:
         """None when ready for events, else the reason (also what /readyz answers)."""
