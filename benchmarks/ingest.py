@@ -96,7 +96,7 @@ def _round(
         argv = ["python", "-m", "benchmarks.loadgen", "--url", f"http://127.0.0.1:{port}/v1/events"]
         argv += ["--tag", f"{tag}g{g}", "--events", str(events)]
         argv += ["--connections", str(max(1, connections // generators))]
-        argv += ["--duration", str(seconds + warmup), "--every", "0.25"]
+        argv += ["--duration", str(seconds + warmup), "--every", "0.125" if seconds < 1 else "0.25"]
         procs.append(spawn(argv, stdout=subprocess.PIPE))
     total = 0.0
     for proc in procs:
@@ -156,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(KeyboardInterrupt):
             run_async(_serve_noop(args.serve_noop, args.data_dir))
         return 0
-    seconds = args.seconds or (1.0 if args.quick else 2.0)
-    warmup = 0.5 if args.quick else 1.0
+    seconds = args.seconds or (0.75 if args.quick else 2.0)
+    warmup = 0.25 if args.quick else 1.0
     noop = not (args.no_noop or args.quick)
     with tempfile.TemporaryDirectory(prefix="shardflow-bench-ingest-") as tmp:
         ports = {"shardflow": _free_port(), "limit": _free_port()}
