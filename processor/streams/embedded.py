@@ -5,8 +5,12 @@ space, per-shard sequence numbers, opaque iterators that expire, retention, spli
 resharding. Several processes (front ends, consumers) may use the same file at once.
 
 All SQLite work runs on one thread dedicated to this object, never on the event loop; `sqlite3`
-errors are translated into `processor.errors` in `_call`, the one place that touches them. A put
+errors are translated into `processor.errors` in `_error`, the one place that touches them. A put
 is checked against the Kinesis limits before anything is written.
+
+Puts commit in groups: the calls that arrive while the thread is busy wait in `_puts` and go to
+the log together, in arrival order, as one transaction and one fsync (`SqliteLog.put`), each call
+still answered with its own results or error.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
+from operator import attrgetter
 from pathlib import Path
 from types import TracebackType
-from typing import Final, TypeVar
+from typing import Final, NamedTuple, TypeVar
 
 import orjson
 
@@ -45,7 +50,7 @@ from processor.streams.base import (
     StreamDescription,
     hash_key,
 )
-from processor.streams.embedded_log import LogError, NoSuchStream, SqliteLog
+from processor.streams.embedded_log import LogError, NoSuchStream, Put, SqliteLog
 from processor.uris import query_params, sqlite_path
 
 __all__ = ["DEFAULT_STREAM_NAME", "ITERATOR_TTL", "RETENTION", "EmbeddedStream"]
@@ -58,6 +63,14 @@ RETENTION = 24 * 3600.0
 MAX_PARTITION_KEY_CHARS = 256
 
 T = TypeVar("T")
+
+
+class _Waiting(NamedTuple):
+    """A put_records call waiting for the next group commit."""
+
+    records: Sequence[PutRecord]
+    keys: list[int]
+    future: asyncio.Future[list[PutResult]]
 
 
 class EmbeddedStream:
@@ -83,6 +96,8 @@ class EmbeddedStream:
         self.busy_timeout = busy_timeout
         self._executor: ThreadPoolExecutor | None = None
         self._log: SqliteLog | None = None
+        self._puts: list[_Waiting] = []
+        self._committer: asyncio.Task[None] | None = None
 
     @classmethod
     def from_uri(cls, uri: str, **options: float) -> EmbeddedStream:
@@ -110,23 +125,43 @@ class EmbeddedStream:
             )
         return self._log
 
-    async def _call(self, fn: Callable[[SqliteLog], T]) -> T:
-        """Run `fn` on the stream's thread and translate what SQLite raises."""
+    async def _run(self, fn: Callable[[SqliteLog], T]) -> T:
+        """Run `fn` on the stream's thread, raising what it raises."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"embedded-{self.name}")
         loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(self._open_log()))
+
+    async def _call(self, fn: Callable[[SqliteLog], T]) -> T:
+        """Run `fn` on the stream's thread and translate what SQLite raises."""
         try:
-            return await loop.run_in_executor(self._executor, lambda: fn(self._open_log()))
-        except NoSuchStream:
-            raise StreamNotFound(f"stream {self.name!r} does not exist in {self.path}") from None
-        except LogError as exc:
-            raise InvalidRequest(str(exc)) from None
-        except sqlite3.OperationalError as exc:
-            raise StreamUnavailable(f"embedded stream {self.path}: {exc}") from exc
-        except sqlite3.Error as exc:
-            raise StreamUnavailable(f"embedded stream {self.path} is unusable: {exc}") from exc
-        except OSError as exc:
-            raise StreamUnavailable(f"embedded stream {self.path}: {exc}") from exc
+            return await self._run(fn)
+        except Exception as exc:
+            error = self._error(exc)
+            if error is exc:
+                raise
+            raise error from error.__cause__
+
+    def _error(self, exc: Exception) -> Exception:
+        """The `processor.errors` exception for what the log raised (`exc` itself if none fits).
+
+        A new exception each time: one failed group commit answers several callers.
+        """
+        error: Exception
+        if isinstance(exc, NoSuchStream):
+            error = StreamNotFound(f"stream {self.name!r} does not exist in {self.path}")
+        elif isinstance(exc, LogError):
+            error = InvalidRequest(str(exc))
+        else:
+            if isinstance(exc, sqlite3.OperationalError | OSError):
+                error = StreamUnavailable(f"embedded stream {self.path}: {exc}")
+            elif isinstance(exc, sqlite3.Error):
+                error = StreamUnavailable(f"embedded stream {self.path} is unusable: {exc}")
+            else:
+                return exc
+            error.__cause__ = exc
+        error.__suppress_context__ = True
+        return error
 
     async def close(self) -> None:
         """Close the connection and its thread. Idempotent; a later call opens them again."""
@@ -164,7 +199,39 @@ class EmbeddedStream:
         if not records:
             return []
         keys = _check_put(records)
-        return await self._call(lambda log: log.put(records, keys))
+        future: asyncio.Future[list[PutResult]] = asyncio.get_running_loop().create_future()
+        self._puts.append(_Waiting(records, keys, future))
+        if self._committer is None:
+            self._committer = asyncio.create_task(self._commit_puts(), name=f"embedded-{self.name}-puts")
+        return await future
+
+    async def _commit_puts(self) -> None:
+        """Hand the waiting puts to the log in groups until none waits; answer each call."""
+        group: list[_Waiting] = []
+        try:
+            while self._puts:
+                group, self._puts = self._puts, []
+                try:
+                    outcomes = await self._put_group([(w.records, w.keys) for w in group])
+                except Exception as exc:
+                    outcomes = [exc] * len(group)
+                for waiting, outcome in zip(group, outcomes, strict=True):
+                    if waiting.future.done():  # its caller was cancelled
+                        continue
+                    if isinstance(outcome, Exception):
+                        waiting.future.set_exception(self._error(outcome))
+                    else:
+                        waiting.future.set_result(outcome)
+        except BaseException:
+            for waiting in [*group, *self._puts]:
+                waiting.future.cancel()
+            self._puts = []
+            raise
+        finally:
+            self._committer = None
+
+    async def _put_group(self, calls: list[Put]) -> list[list[PutResult] | Exception]:
+        return await self._run(lambda log: log.put(calls))
 
     async def get_shard_iterator(
         self,
@@ -241,10 +308,37 @@ _hash_key: Final = lru_cache(maxsize=65_536)(hash_key)
 """hash_key per partition key, cached: keys (visitor ids) repeat, and MD5 plus the int costs 1 µs."""
 
 
+_partition_key: Final = attrgetter("partition_key")
+_data: Final = attrgetter("data")
+_explicit_hash_key: Final = attrgetter("explicit_hash_key")
+
+
 def _check_put(records: Sequence[PutRecord]) -> list[int]:
-    """The hash key of every record; InvalidRequest naming the first limit a put breaks."""
+    """The hash key of every record; InvalidRequest naming the first limit a put breaks.
+
+    A put well within the limits (ASCII keys, no explicit hash keys: what the front end sends) is
+    checked in C-level passes over all records, 0.4 µs a record instead of 1; at any doubt the
+    record-by-record check decides and names the record.
+    """
     if len(records) > MAX_PUT_RECORDS:
         raise InvalidRequest(f"PutRecords takes at most {MAX_PUT_RECORDS} records, got {len(records)}")
+    keys = list(map(_partition_key, records))
+    key_sizes = list(map(len, keys))
+    data_sizes = list(map(len, map(_data, records)))
+    if (
+        min(key_sizes) >= 1
+        and max(key_sizes) <= MAX_PARTITION_KEY_CHARS
+        and max(data_sizes) + max(key_sizes) <= MAX_RECORD_BYTES
+        and sum(data_sizes) + sum(key_sizes) <= MAX_PUT_BYTES
+        and all(map(str.isascii, keys))
+        and list(map(_explicit_hash_key, records)).count(None) == len(records)
+    ):
+        return list(map(_hash_key, keys))
+    return _check_each(records)
+
+
+def _check_each(records: Sequence[PutRecord]) -> list[int]:
+    """`_check_put` record by record."""
     keys = []
     total = 0
     for i, record in enumerate(records):

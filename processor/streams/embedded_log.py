@@ -11,7 +11,7 @@ is ever updated in place but a shard's counters: readers keep their own position
 
 Several processes may share the file: appends and reshards take the write lock with
 `BEGIN IMMEDIATE` (waiting up to the busy timeout), reads run in a WAL snapshot and never block
-writers.
+writers. One append may carry several PutRecords calls (group commit): one transaction, one fsync.
 """
 
 from __future__ import annotations
@@ -20,10 +20,14 @@ import bisect
 import logging
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from functools import lru_cache
+from itertools import chain, repeat
+from operator import attrgetter
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 from processor.sqlite_wal import enable_wal
 from processor.streams.base import MAX_HASH_KEY, PutRecord, PutResult, Record, ShardInfo
@@ -32,6 +36,7 @@ __all__ = [
     "LOCAL_BITS",
     "LogError",
     "NoSuchStream",
+    "Put",
     "ReadResult",
     "ShardRow",
     "SqliteLog",
@@ -76,6 +81,10 @@ CREATE TABLE IF NOT EXISTS records (
     arrival REAL NOT NULL
 );
 """
+
+
+Put: TypeAlias = tuple[Sequence[PutRecord], Sequence[int]]
+"""One PutRecords call for `SqliteLog.put`: its records and their hash keys, in the same order."""
 
 
 class LogError(Exception):
@@ -188,6 +197,47 @@ def _shard_row(row: tuple[Any, ...]) -> ShardRow:
 
 _as_record: Final = tuple.__new__
 """Record from a row already in its field order, without the NamedTuple constructor's call."""
+
+
+_RESULT_FIELDS: Final = ("shard_id", "sequence_number", "error_code", "error_message")
+if tuple(f.name for f in fields(PutResult)) != _RESULT_FIELDS:
+    raise ImportError(f"PutResult's fields changed: update _ok_results in {__name__}")
+_set_shard_id, _set_sequence_number, _set_error_code, _set_error_message = (
+    PutResult.__dict__[name].__set__ for name in _RESULT_FIELDS
+)
+_new: Final = object.__new__
+
+
+def _ok_results(shard_ids: list[str], sequence_numbers: list[str]) -> list[PutResult]:
+    """`[PutResult(s, n) for s, n in zip(...)]` in a quarter of the time.
+
+    The frozen dataclass's `__init__` sets each field through `object.__setattr__` (2 µs a
+    result); this fills the slots column by column from C (`map` over the slot descriptors).
+    """
+    results = list(map(_new, repeat(PutResult, len(shard_ids))))
+    deque(map(_set_shard_id, results, shard_ids), 0)
+    deque(map(_set_sequence_number, results, sequence_numbers), 0)
+    deque(map(_set_error_code, results, repeat(None)), 0)
+    deque(map(_set_error_message, results, repeat(None)), 0)
+    return results
+
+
+_partition_key: Final = attrgetter("partition_key")
+_data: Final = attrgetter("data")
+_INSERT_ROWS: Final = 500
+"""Rows per INSERT statement (3 parameters each and the shared arrival: far below SQLite's 32,766)."""
+
+
+@lru_cache(maxsize=_INSERT_ROWS)
+def _insert_sql(rows: int) -> str:
+    """One INSERT of `rows` rows: the arrival they share as `?1`, then (id, key, data) each.
+
+    `?1` comes first in the text, so each bare `?` numbers on from it. A multi-row VALUES costs
+    3.5 µs a row where `executemany` costs 5.5 (one statement run, not one per row).
+    """
+    return "INSERT INTO records (arrival, id, partition_key, data) VALUES " + ",".join(
+        ["(?1, ?, ?, ?)"] * rows
+    )
 
 
 def _within(rows: list[Any], max_bytes: int) -> list[Any]:
@@ -392,8 +442,13 @@ class SqliteLog:
 
     # -- records -------------------------------------------------------------------------------
 
-    def put(self, records: Sequence[PutRecord], keys: Sequence[int]) -> list[PutResult]:
-        """Append `records` (routed by their hash `keys`) in one transaction; one result each."""
+    def put(self, calls: Sequence[Put]) -> list[list[PutResult] | Exception]:
+        """Append the records of every call, call after call, in one transaction; one outcome each.
+
+        An outcome is the call's results, or the error its own records raised (then none of them
+        is stored, and the other calls go on). An error of the transaction itself (the lock not
+        granted within the busy timeout, the disk) is raised: no call is stored.
+        """
         self._begin(immediate=True)
         try:
             stream_id = self._require_stream()
@@ -405,18 +460,27 @@ class SqliteLog:
             ids = [s.shard_id for s in shards]
             heads = [sequence_head(s.idx) for s in shards]
             single = len(shards) == 1
+            bisect_right = bisect.bisect_right
             now = time.time()
-            rows = []
-            results = []
-            for record, key in zip(records, keys, strict=True):
-                i = 0 if single else bisect.bisect_right(starts, key) - 1
-                local = nexts[i]
-                nexts[i] = local + 1
-                rows.append((bases[i] | local, record.partition_key, record.data, now))
-                results.append(PutResult(ids[i], f"{heads[i]}{local:030d}"))
-            self._conn.executemany(
-                "INSERT INTO records (id, partition_key, data, arrival) VALUES (?, ?, ?, ?)", rows
-            )
+            outcomes: list[list[PutResult] | Exception] = []
+            for records, keys in calls:
+                before = nexts.copy()
+                row_ids: list[int] = []
+                shard_ids: list[str] = []
+                sequence_numbers: list[str] = []
+                for key in keys:
+                    i = 0 if single else bisect_right(starts, key) - 1
+                    local = nexts[i]
+                    nexts[i] = local + 1
+                    row_ids.append(bases[i] | local)
+                    shard_ids.append(ids[i])
+                    sequence_numbers.append(f"{heads[i]}{local:030d}")
+                error = self._insert(row_ids, records, now)
+                if error is not None:
+                    nexts = before
+                    outcomes.append(error)
+                    continue
+                outcomes.append(_ok_results(shard_ids, sequence_numbers))
             self._conn.executemany(
                 "UPDATE shards SET last_local = ? WHERE sid = ?",
                 [(n - 1, s.sid) for s, n in zip(shards, nexts, strict=True) if n - 1 != s.last_local],
@@ -431,7 +495,29 @@ class SqliteLog:
                 # The put is committed: failing it now would make the producer put it twice.
                 self._last_trim = now
                 logger.warning("embedded stream %s: trim failed, retrying later: %s", self.path, exc)
-        return results
+        return outcomes
+
+    def _insert(self, row_ids: list[int], records: Sequence[PutRecord], now: float) -> Exception | None:
+        """Insert one call's records under a savepoint; the error they alone raised, if any.
+
+        On that error the savepoint takes back this call's rows, and the other calls of the
+        transaction go on. An error after which SQLite rolled the whole transaction back is raised.
+        """
+        self._conn.execute("SAVEPOINT put")
+        try:
+            for lo in range(0, len(row_ids), _INSERT_ROWS):
+                hi = min(lo + _INSERT_ROWS, len(row_ids))
+                chunk = records[lo:hi]
+                rows = zip(row_ids[lo:hi], map(_partition_key, chunk), map(_data, chunk), strict=True)
+                self._conn.execute(_insert_sql(hi - lo), [now, *chain.from_iterable(rows)])
+        except Exception as exc:
+            if not self._conn.in_transaction:
+                raise
+            self._conn.execute("ROLLBACK TO put")
+            self._conn.execute("RELEASE put")
+            return exc
+        self._conn.execute("RELEASE put")
+        return None
 
     def trim(self) -> int:
         """Delete records older than the retention period; returns how many went."""
