@@ -103,8 +103,9 @@ def shard_for_hash(shards: Sequence[ShardInfo], key: int) -> ShardInfo:
     raise LookupError(f"no open shard holds hash key {key}")
 
 
-@dataclass(frozen=True, slots=True)
-class PutRecord:
+class PutRecord(NamedTuple):
+    """One record for PutRecords; a NamedTuple, as the flusher builds one per event sent."""
+
     data: bytes
     partition_key: str
     explicit_hash_key: int | None = None
