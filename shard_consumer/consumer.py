@@ -205,16 +205,19 @@ class Consumer:
             log.exception("shard %s failed; releasing it", shard_id)
             ending = Transition.SHUTDOWN_REQUESTED
         entry = self._shards.get(shard_id)
-        if entry is not None and entry[0] is shard:
+        if entry is not None:
+            if entry[0] is not shard:
+                return  # taken again meanwhile: the newer task owns the lease and the metrics
             del self._shards[shard_id]
         with contextlib.suppress(KeyError):
             # a shard no longer read here has no lag to report from this process
             CONSUMER_MILLIS_BEHIND.remove(shard_id)
+        counter = shard.fence.lease_counter
         if ending is Transition.LEASE_LOST:
-            self._leases.drop(shard_id)
+            self._leases.drop(shard_id, counter)
             return
         try:
-            await asyncio.shield(self._leases.release(shard_id))
+            await asyncio.shield(self._leases.release(shard_id, counter))
         except RetriableError as exc:
             log.warning("shard %s: release failed (%s); the lease will expire", shard_id, exc)
         if ending is Transition.SHARD_END:

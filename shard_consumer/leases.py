@@ -429,8 +429,19 @@ class LeaseManager:
         self.held[lease.shard_id] = lease
         self._valid_until[lease.shard_id] = began + self.lease_timeout
 
-    async def release(self, shard_id: str) -> None:
-        """Give a held lease up so the next owner starts without waiting for expiry."""
+    def _is_other(self, shard_id: str, lease_counter: int | None) -> bool:
+        """True when `lease_counter` names a lease of the shard other than the one held now."""
+        held = self.held.get(shard_id)
+        return lease_counter is not None and held is not None and held.lease_counter != lease_counter
+
+    async def release(self, shard_id: str, lease_counter: int | None = None) -> None:
+        """Give a held lease up so the next owner starts without waiting for expiry.
+
+        With `lease_counter`, only that lease: a task of an earlier lease on the shard, ending
+        after the shard was taken again, must not give up the lease a newer task reads under.
+        """
+        if self._is_other(shard_id, lease_counter):
+            return
         lease = self.held.pop(shard_id, None)
         self._handing_off.discard(shard_id)
         self._valid_until.pop(shard_id, None)
@@ -441,8 +452,11 @@ class LeaseManager:
         if await self._store.release_lease(self.stream_name, shard_id, self.consumer_id, lease.lease_counter):
             LEASE_EVENTS.labels("released").inc()
 
-    def drop(self, shard_id: str) -> None:
-        """Forget a lease another consumer took (no release: it is not ours any more)."""
+    def drop(self, shard_id: str, lease_counter: int | None = None) -> None:
+        """Forget a lease another consumer took (no release: it is not ours any more); with
+        `lease_counter`, only that lease (as for `release`)."""
+        if self._is_other(shard_id, lease_counter):
+            return
         self._handing_off.discard(shard_id)
         self._valid_until.pop(shard_id, None)
         self._rates.pop(shard_id, None)

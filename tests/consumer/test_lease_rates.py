@@ -52,3 +52,31 @@ async def test_rates_are_measured_published_and_inherited(tmp_path: Path) -> Non
     finally:
         await warehouse.close()
         await stream.close()
+
+
+async def test_an_earlier_lease_of_a_shard_cannot_release_or_drop_the_one_held_now(tmp_path: Path) -> None:
+    """A shard task of an old lease ending late leaves the re-taken lease alone."""
+    stream = EmbeddedStream.from_uri(f"sqlite:///{tmp_path}/stream.db")
+    await stream.create(1)
+    warehouse = open_warehouse(f"sqlite:///{tmp_path}/warehouse.db")
+    await warehouse.start()
+    try:
+        leases = LeaseManager(warehouse, stream, "me", lease_timeout=10.0, rng=random.Random(3))
+        await leases.sync_shards()
+        (old,) = await leases.balance()
+        await leases.release(old.shard_id, old.lease_counter)
+        (new,) = await leases.balance()
+        assert new.shard_id == old.shard_id and new.lease_counter > old.lease_counter
+
+        await leases.release(old.shard_id, old.lease_counter)
+        leases.drop(old.shard_id, old.lease_counter)
+
+        assert leases.held[new.shard_id].lease_counter == new.lease_counter
+        (stored,) = await warehouse.list_leases(stream.name)
+        assert (stored.owner, stored.lease_counter) == ("me", new.lease_counter)
+        await leases.release(new.shard_id, new.lease_counter)
+        (stored,) = await warehouse.list_leases(stream.name)
+        assert stored.owner is None and new.shard_id not in leases.held
+    finally:
+        await warehouse.close()
+        await stream.close()
