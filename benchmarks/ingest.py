@@ -11,8 +11,9 @@ Load generators (`benchmarks.loadgen`, processes of their own, `--generators` of
 interleaved rounds (A B, B A, A B); each figure is the median of the rounds, counted after a
 one-second warm-up. Two figures: `ingest_single` (one event per request) and `ingest_batch`
 (100-event NDJSON requests). `shardflow` is the reported figure; for diagnosis the line also
-carries `shardflow_noop_stream`, the same front end with a stream that takes every put at once
-and keeps nothing (what the front end costs without the embedded stream's SQLite puts).
+carries `shardflow_noop_stream` and `noop_stream_ratio_limit`: the same front end with a stream
+that takes every put at once and keeps nothing (what the front end costs without the embedded
+stream's SQLite puts).
 """
 
 from __future__ import annotations
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 if "noop" in medians:
                     extra["shardflow_noop_stream"] = round(medians["noop"], 1)
-                    extra["ratio_limit_noop_stream"] = round(medians["noop"] / medians["limit"], 3)
+                    extra["noop_stream_ratio_limit"] = round(medians["noop"] / medians["limit"], 3)
                 emit(figure(bench, medians["shardflow"], medians["limit"], rss_mb=monitor.peaks(), **extra))
         finally:
             for proc in servers.values():

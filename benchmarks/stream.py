@@ -34,6 +34,7 @@ import logging
 import os
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -193,22 +194,7 @@ class Bench:
             )
             for i in range(0, len(self.events), 500)
         ]
-        headers = _headers("PutRecords")
-        async with aiohttp.ClientSession() as http:
-            started = time.perf_counter()
-
-            async def worker() -> None:
-                while bodies:
-                    body = bodies.pop()
-                    async with http.post(self.endpoint, data=body, headers=headers) as answer:
-                        assert answer.status == 200, await answer.text()
-                        await answer.read()
-
-            async with asyncio.TaskGroup() as tg:
-                for _ in range(IN_FLIGHT):
-                    tg.create_task(worker())
-            elapsed = time.perf_counter() - started
-        return len(self.events) / elapsed
+        return len(self.events) / await self._post_puts(bodies)
 
     # --- reads --------------------------------------------------------------------------------
 
@@ -329,13 +315,18 @@ class Bench:
                     )
                     first += count
             bodies.append(orjson.dumps({"StreamName": name, "Records": records}))
+        return len(self.aggregated_events) / await self._post_puts(bodies)
+
+    async def _post_puts(self, bodies: list[bytes]) -> float:
+        """Seconds to post the pre-built PutRecords `bodies`, IN_FLIGHT at a time, in order."""
+        queue = deque(bodies)
         headers = _headers("PutRecords")
         async with aiohttp.ClientSession() as http:
             started = time.perf_counter()
 
             async def worker() -> None:
-                while bodies:
-                    body = bodies.pop(0)
+                while queue:
+                    body = queue.popleft()
                     async with http.post(self.endpoint, data=body, headers=headers) as answer:
                         assert answer.status == 200, await answer.text()
                         await answer.read()
@@ -343,8 +334,7 @@ class Bench:
             async with asyncio.TaskGroup() as tg:
                 for _ in range(IN_FLIGHT):
                     tg.create_task(worker())
-            elapsed = time.perf_counter() - started
-        return len(self.aggregated_events) / elapsed
+            return time.perf_counter() - started
 
     async def unpack_only(self) -> float:
         blobs = [
