@@ -19,11 +19,22 @@ long GC pause) or cut off while it copies holds no lock a takeover needs, so a t
 expiry never waits on it. What is left is bounded twice: the write connections carry
 `idle_in_transaction_session_timeout`, so the server ends a session stopped inside the locked
 window, and the lease connections carry `lock_timeout`, so a take that meets that lock gives up
-(a lost race, retried on the next cycle) instead of hanging. Either setting given in the DSN's
-query string wins over these defaults. One wait is not bounded by the server: a writer stopped
-in the middle of a direct COPY holds the event_ids it sent, uncommitted, until it resumes or its
-connection ends (PostgreSQL applies neither timeout while it waits for COPY data), and the new
-owner's write of those ids waits as long, each try bounded by its command timeout.
+(a lost race, retried on the next cycle) instead of hanging.
+
+A writer stopped in the middle of a COPY holds the event_ids it sent, uncommitted, and
+PostgreSQL applies neither timeout while it waits for COPY data; the new owner's write of those
+ids would wait on them. So the stale writer is fenced by termination: every write transaction
+begins with `SET LOCAL application_name = 'shardflow-w <tag> <counter>'` (tag: a hash of
+stream/shard; the lease counter zero-padded so that text order is number order), and before a
+batch with rows touches page_views, the same statement that checks ownership ends, with
+`pg_terminate_backend`, every other session of this database marked with the same tag and a
+lower counter: a stale owner, whose commit the fence would refuse anyway. A newer owner's or
+another shard's session never matches. The mark is set before the check reads the lease, so
+either the stale writer's check sees the takeover, or the new owner's scan sees the stale mark.
+A session this role may not signal (another role, a superuser's) is left alone and logged once;
+the wait is then as before. A host that vanished is bounded by server-side TCP keepalives on
+the write connections (idle 10 s, then 3 probes 5 s apart). Any of these settings given in the
+DSN's query string wins over these defaults.
 
 Lease operations use a pool of their own, so a stuck COPY never delays a renewal, and the
 database server's clock (`clock_timestamp()`), so consumers with skewed clocks agree on expiry.
@@ -34,6 +45,8 @@ moves to a new primary is followed).
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -75,6 +88,8 @@ from sinks.schema import VERSION_TABLE, pending_steps
 
 __all__ = ["PostgresWarehouse"]
 
+log = logging.getLogger(__name__)
+
 _SCHEMA_LOCK = 0x5F_5348_4446  # pg_advisory_xact_lock key shared by every shardflow process
 _STAGE = "shardflow_stage"
 _CREATE_STAGE = (
@@ -93,6 +108,18 @@ _OWNED = (
     "SELECT 1 FROM shardflow_leases WHERE stream = $1 AND shard_id = $2 AND owner = $3 AND lease_counter = $4"
 )
 """The fence without the lock: a stale writer learns it before its COPY touches page_views."""
+_OWNED_ENDING_STALE = (
+    f"SELECT ({_OWNED}), count(*) FILTER (WHERE outcome = 'refused') FROM ("
+    "SELECT CASE WHEN NOT (pg_has_role(usesysid, 'USAGE') OR pg_has_role('pg_signal_backend', 'USAGE')) "
+    "OR ((SELECT rolsuper FROM pg_roles WHERE oid = usesysid) AND NOT current_setting('is_superuser')::bool) "
+    "THEN 'refused' ELSE pg_terminate_backend(pid)::text END AS outcome "
+    "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+    'AND application_name COLLATE "C" > $5 AND application_name COLLATE "C" < $6) stale'
+)
+"""`_OWNED`, and end the sessions of stale owners of the shard ($5 the shard's mark prefix, $6
+this writer's mark); counts those this role may not signal (PostgreSQL's own rule, so that the
+statement never fails on them)."""
+_WRITER = "shardflow-w"
 _INSERT_DEAD = (
     f"INSERT INTO shardflow_dead_letters ({DEAD_LETTER_COLUMNS}) "
     "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) "
@@ -127,6 +154,35 @@ def _clean_row(row: PageView) -> PageView:
     return PageView._make(_clean(v) if isinstance(v, str) else v for v in row)
 
 
+def _mark_prefix(stream: str, shard_id: str) -> str:
+    """What every writer session of a shard's application_name starts with (fits in 63 bytes)."""
+    tag = hashlib.blake2b(f"{stream}\x00{shard_id}".encode(), digest_size=8).hexdigest()
+    return f"{_WRITER} {tag} "
+
+
+def _mark(stream: str, shard_id: str, lease_counter: int) -> str:
+    """A writer session's application_name: its shard and lease; text order is counter order."""
+    return f"{_mark_prefix(stream, shard_id)}{lease_counter:019d}"
+
+
+@asynccontextmanager
+async def _marked_transaction(conn: Any, mark: str) -> AsyncIterator[None]:
+    """A transaction whose session shows `mark` as its application_name from its first statement
+    (one round trip with BEGIN) until it ends; `mark` is made of hex digits, digits and spaces."""
+    try:
+        await conn.execute(f"BEGIN; SET LOCAL application_name = '{mark}'")
+        yield
+    except BaseException:
+        try:
+            gone = conn.is_closed()
+        except asyncpg.InterfaceError:  # the pool took back a connection the server ended
+            gone = True
+        if not gone:
+            await conn.execute("ROLLBACK")
+        raise
+    await conn.execute("COMMIT")
+
+
 class _Duplicate(ShardflowError):
     """A direct COPY met an event_id already in page_views: the batch takes the merge path."""
 
@@ -143,6 +199,9 @@ class PostgresWarehouse(PooledWarehouse):
         super().__init__(uri, **options)
         self._merging: set[tuple[str, str]] = set()
         """Shards whose batches take the merge path until a merge finds every row new."""
+        self._ends_stale = True
+        """False once the server refused to end a stale writer's session outright."""
+        self._refusal_logged = False
 
     @classmethod
     def from_uri(cls, uri: str) -> PostgresWarehouse:
@@ -178,7 +237,12 @@ class PostgresWarehouse(PooledWarehouse):
         if leases:
             settings = {"lock_timeout": _millis(self.lock_timeout)}
         else:
-            settings = {"idle_in_transaction_session_timeout": _millis(self.idle_timeout)}
+            settings = {
+                "idle_in_transaction_session_timeout": _millis(self.idle_timeout),
+                "tcp_keepalives_idle": "10",
+                "tcp_keepalives_interval": "5",
+                "tcp_keepalives_count": "3",
+            }
         given = parse_qs(urlsplit(self.dsn).query)
         pool: asyncpg.Pool = await asyncpg.create_pool(
             self.dsn,
@@ -233,19 +297,20 @@ class PostgresWarehouse(PooledWarehouse):
         when a straight COPY meets an event_id already there (nothing is left of it)."""
         new = 0
         filed: dict[str, int] = {}
+        mark = _mark(batch.stream, batch.shard_id, batch.fence.lease_counter)
         async with (
             self._conn("write_batch") as conn,
             asyncio.timeout(self.command_timeout),
-            conn.transaction(),
+            _marked_transaction(conn, mark),
         ):
             fence = (batch.stream, batch.shard_id, batch.fence.owner, batch.fence.lease_counter)
             try:
+                if batch.rows and not await self._owned_ending_stale(conn, fence, mark):
+                    raise lease_lost(batch)
                 if batch.rows and merge:
                     await conn.execute(_CREATE_STAGE)
                     await conn.copy_records_to_table(_STAGE, records=batch.rows, columns=PAGE_VIEW_COLUMNS)
                 elif batch.rows:
-                    if await conn.fetchval(_OWNED, *fence) is None:
-                        raise lease_lost(batch)
                     try:
                         status = await conn.copy_records_to_table(
                             "page_views", records=batch.rows, columns=PAGE_VIEW_COLUMNS
@@ -274,6 +339,32 @@ class PostgresWarehouse(PooledWarehouse):
                 batch.fence.lease_counter,
             )
         return new, filed
+
+    async def _owned_ending_stale(self, conn: Any, fence: tuple[str, str, str, int], mark: str) -> bool:
+        """Whether the lease is still the writer's; first ends the sessions of the shard's stale
+        owners, so that none of them holds event_ids this batch must wait for."""
+        if not self._ends_stale:
+            return await conn.fetchval(_OWNED, *fence) is not None
+        try:
+            owned, refused = await conn.fetchrow(_OWNED_ENDING_STALE, *fence, _mark_prefix(*fence[:2]), mark)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            self._ends_stale = False
+            log.warning(
+                "%s refuses to end stale writer sessions; a new owner may wait for them: %s",
+                self._shown(),
+                exc,
+            )
+            raise WarehouseUnavailable(f"write_batch on {self._shown()}: {exc}") from exc
+        if refused and not self._refusal_logged:
+            self._refusal_logged = True
+            log.warning(
+                "%s: this role may not end %d stale writer session(s) of %s/%s; the new owner waits for them",
+                self._shown(),
+                refused,
+                fence[0],
+                fence[1],
+            )
+        return owned is not None
 
     async def get_checkpoint(self, stream: str, shard_id: str) -> str | None:
         async with self._conn("get_checkpoint", leases=True) as conn:
