@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from processor.errors import WarehouseUnavailable
 from sinks import Batch, Fence
 from sinks.base import PAGE_VIEW_COLUMNS, PageView
 from sinks.postgres import PostgresWarehouse, _mark, _marked_transaction
@@ -232,3 +233,29 @@ async def test_write_connections_carry_tcp_keepalives(
         async with pool.acquire() as conn:
             shown = [await conn.fetchval(f"SHOW tcp_keepalives_{k}") for k in ("idle", "interval", "count")]
     assert tuple(shown) == expected
+
+
+async def test_a_server_that_refuses_termination_outright_is_asked_no_more(
+    wh: PostgresWarehouse, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Where ending sessions is not allowed at all, one batch is retried and later ones write as
+    before the termination fence (and wait as before)."""
+    fence = await take(wh, owner="c1")
+    writer = f"sf_w_{secrets.token_hex(4)}"
+    async with roles(wh.dsn, writer):
+        admin = await asyncpg.connect(wh.dsn)
+        await admin.execute("REVOKE EXECUTE ON FUNCTION pg_terminate_backend(integer, bigint) FROM PUBLIC")
+        await admin.close()
+        limited = PostgresWarehouse(_as(wh.dsn, writer))
+        try:
+            with caplog.at_level(logging.WARNING, logger="sinks.postgres"):
+                with pytest.raises(WarehouseUnavailable, match="permission denied"):
+                    await limited.write_batch(Batch(STREAM, SHARD, [make_row(1)], [], "1", fence))
+                for i in range(2):
+                    batch = Batch(STREAM, SHARD, [make_row(i)], [], str(i), fence)
+                    assert await limited.write_batch(batch) == 1
+            refusals = [r for r in caplog.records if "refuses to end stale writer sessions" in r.getMessage()]
+            assert len(refusals) == 1
+        finally:
+            await limited.close()
+    assert await count(wh) == 2
