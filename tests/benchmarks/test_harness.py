@@ -131,6 +131,7 @@ def test_quick_end_to_end_through_the_harness_prints_valid_lines(tmp_path: Path)
         assert isinstance(line["limit"], float) and line["limit"] > 0
         assert line["exactly_once"] is True, line
         rss = line["rss_mb"]
-        assert isinstance(rss, dict) and {"ingest", "consume", "loadgen"} <= set(rss)
+        assert isinstance(rss, dict) and {"ingest", "consume0", "consume1", "loadgen"} <= set(rss)
+        assert line["consumers"] == 2
     assert code == 0, stderr[-2000:]
     assert [orjson.loads(x) for x in out.read_text().splitlines()] == lines
