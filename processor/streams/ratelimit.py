@@ -5,6 +5,10 @@ shard. The write buckets are adaptive: a `ProvisionedThroughputExceededException
 shard's rate (other producers share the shard; at most one cut a second), which then climbs back
 by a tenth of the limit per second while no throttle is seen, so a fleet of producers settles
 near the limit instead of oscillating.
+
+A caller cancelled while it waits (a put timed out behind the queue) gives its tokens back: it
+sent nothing, and keeping its reservation would leave debt that makes every retry wait (and time
+out) longer, until the front end sends almost nothing while the stream sits idle.
 """
 
 from __future__ import annotations
@@ -66,10 +70,19 @@ class TokenBucket:
         self._tokens -= amount
         return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
 
+    def refund(self, amount: float) -> None:
+        """Give back tokens reserved by a caller that gave up before using them."""
+        self._refill(time.monotonic())
+        self._tokens = min(self.rate * self._burst, self._tokens + amount)
+
     async def acquire(self, amount: float) -> None:
         wait = self.delay(amount)
         if wait > 0:
-            await asyncio.sleep(wait)
+            try:
+                await asyncio.sleep(wait)
+            except asyncio.CancelledError:
+                self.refund(amount)
+                raise
 
     def throttled(self, floor: float = 0.05) -> None:
         """The service refused for rate: halve the rate (not below `floor` of the maximum).
@@ -102,14 +115,19 @@ class WriteLimiter:
 
     async def acquire(self, shard_id: str, records: int, size: int) -> None:
         """Wait until `shard_id` may take `records` records of `size` bytes in total."""
-        waits = [0.0]
+        reserved: list[tuple[TokenBucket, int]] = []
         if self._limits.write_records is not None:
-            waits.append(self._bucket(self._records, shard_id, self._limits.write_records).delay(records))
+            reserved.append((self._bucket(self._records, shard_id, self._limits.write_records), records))
         if self._limits.write_bytes is not None:
-            waits.append(self._bucket(self._bytes, shard_id, self._limits.write_bytes).delay(size))
-        wait = max(waits)
+            reserved.append((self._bucket(self._bytes, shard_id, self._limits.write_bytes), size))
+        wait = max([0.0, *(bucket.delay(amount) for bucket, amount in reserved)])
         if wait > 0:
-            await asyncio.sleep(wait)
+            try:
+                await asyncio.sleep(wait)
+            except asyncio.CancelledError:
+                for bucket, amount in reserved:
+                    bucket.refund(amount)
+                raise
 
     def throttled(self, shard_id: str) -> None:
         for table in (self._records, self._bytes):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
@@ -214,6 +216,28 @@ async def test_write_buckets_pace_puts_per_shard(kinesalite_endpoint: str, strea
             await stream.put_records([PutRecord(b"x", f"k{batch}-{i}") for i in range(500)])
         # 500 records of burst, then 1,000 more at 500/s
         assert time.monotonic() - started >= 1.9
+
+
+async def test_put_cancelled_while_paced_gives_its_tokens_back(
+    kinesalite_endpoint: str, stream_name: str
+) -> None:
+    """The flusher times out a put still waiting on its bucket and retries it: the cancelled
+    reservations must not pile up as debt (they did, and the front end ended up sending almost
+    nothing with kinesalite idle)."""
+    limits = "limits=off&shard_write_records=500"
+    async with KinesisStream.from_uri(uri(stream_name, kinesalite_endpoint, limits)) as stream:
+        await stream.create(1)
+        await stream.put_records([PutRecord(b"x", f"burst-{i}") for i in range(500)])
+        batch = [PutRecord(b"x", f"k-{i}") for i in range(500)]
+        for _ in range(5):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.1):
+                    await stream.put_records(batch)
+                raise AssertionError("a put of 500 records after the burst must wait about 1 s")
+        started = time.monotonic()
+        await stream.put_records(batch)
+        # one second of refill for this batch; the five cancelled ones would add five more
+        assert time.monotonic() - started < 3.0
 
 
 def test_bucket_cuts_once_per_burst_of_throttles_and_recovers() -> None:
