@@ -62,7 +62,8 @@ async def _rows_then_wait(rows: list[PageView], stuck: asyncio.Event) -> AsyncIt
 async def _alive(conn: asyncpg.Connection) -> bool:
     try:
         return bool(await asyncio.wait_for(conn.fetchval("SELECT true"), 5))
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError):
+        # a session the server ended mid-protocol can leave asyncpg's state machine mid-operation
         return False
 
 
