@@ -28,7 +28,7 @@ lint: .stamp-test
 	$(BIN)/mypy
 
 pytest: .stamp-test
-	$(BIN)/pytest -m "not soak"
+	$(BIN)/pytest -m "not soak" --durations=15
 
 test: lint pytest
 
