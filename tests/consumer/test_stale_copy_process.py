@@ -12,7 +12,6 @@ import asyncio
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -53,16 +52,6 @@ async def main(url: str, counter: int, rows: int) -> None:
 
 asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
 """
-
-
-@pytest.fixture
-async def wh(postgres_url: str) -> AsyncIterator[PostgresWarehouse]:
-    warehouse = PostgresWarehouse(postgres_url)
-    await warehouse.start()
-    try:
-        yield warehouse
-    finally:
-        await warehouse.close()
 
 
 async def test_writer_stopped_mid_copy_never_stalls_the_new_owner(

@@ -8,7 +8,6 @@ staging table `shardflow_stage`, the direct path never does.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -20,16 +19,6 @@ from sinks.postgres import PostgresWarehouse
 from tests.sinks.conftest import make_row
 from tests.sinks.test_warehouse import SHARD, STREAM, count, take
 from tests.support.wait import eventually
-
-
-@pytest.fixture
-async def wh(postgres_url: str) -> AsyncIterator[PostgresWarehouse]:
-    warehouse = PostgresWarehouse(postgres_url)
-    await warehouse.start()
-    try:
-        yield warehouse
-    finally:
-        await warehouse.close()
 
 
 async def staged(wh: PostgresWarehouse) -> bool:

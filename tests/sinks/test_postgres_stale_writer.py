@@ -42,16 +42,6 @@ def other_database() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-async def wh(postgres_url: str) -> AsyncIterator[PostgresWarehouse]:
-    warehouse = PostgresWarehouse(postgres_url)
-    await warehouse.start()
-    try:
-        yield warehouse
-    finally:
-        await warehouse.close()
-
-
 async def _rows_then_wait(rows: list[PageView], stuck: asyncio.Event) -> AsyncIterator[PageView]:
     for row in rows:
         yield row
