@@ -76,13 +76,7 @@ class TokenBucket:
         self._tokens = min(self.rate * self._burst, self._tokens + amount)
 
     async def acquire(self, amount: float) -> None:
-        wait = self.delay(amount)
-        if wait > 0:
-            try:
-                await asyncio.sleep(wait)
-            except asyncio.CancelledError:
-                self.refund(amount)
-                raise
+        await _wait_reserved(self.delay(amount), [(self, amount)])
 
     def throttled(self, floor: float = 0.05) -> None:
         """The service refused for rate: halve the rate (not below `floor` of the maximum).
@@ -115,19 +109,12 @@ class WriteLimiter:
 
     async def acquire(self, shard_id: str, records: int, size: int) -> None:
         """Wait until `shard_id` may take `records` records of `size` bytes in total."""
-        reserved: list[tuple[TokenBucket, int]] = []
+        reserved: list[tuple[TokenBucket, float]] = []
         if self._limits.write_records is not None:
             reserved.append((self._bucket(self._records, shard_id, self._limits.write_records), records))
         if self._limits.write_bytes is not None:
             reserved.append((self._bucket(self._bytes, shard_id, self._limits.write_bytes), size))
-        wait = max([0.0, *(bucket.delay(amount) for bucket, amount in reserved)])
-        if wait > 0:
-            try:
-                await asyncio.sleep(wait)
-            except asyncio.CancelledError:
-                for bucket, amount in reserved:
-                    bucket.refund(amount)
-                raise
+        await _wait_reserved(max([0.0, *(bucket.delay(amount) for bucket, amount in reserved)]), reserved)
 
     def throttled(self, shard_id: str) -> None:
         for table in (self._records, self._bytes):
@@ -169,3 +156,15 @@ class ReadPacer:
 
     def forget(self, shard_id: str) -> None:
         self._next.pop(shard_id, None)
+
+
+async def _wait_reserved(wait: float, reserved: list[tuple[TokenBucket, float]]) -> None:
+    """Sleep off `wait` for tokens already reserved; cancelled, give them back (nothing was sent)."""
+    if wait <= 0:
+        return
+    try:
+        await asyncio.sleep(wait)
+    except asyncio.CancelledError:
+        for bucket, amount in reserved:
+            bucket.refund(amount)
+        raise
