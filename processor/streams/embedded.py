@@ -22,7 +22,6 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
 from operator import attrgetter
 from pathlib import Path
 from types import TracebackType
@@ -304,10 +303,6 @@ class EmbeddedStream:
         return str(shard_id), int(local)
 
 
-_hash_key: Final = lru_cache(maxsize=65_536)(hash_key)
-"""hash_key per partition key, cached: keys (visitor ids) repeat, and MD5 plus the int costs 1 µs."""
-
-
 _partition_key: Final = attrgetter("partition_key")
 _data: Final = attrgetter("data")
 _explicit_hash_key: Final = attrgetter("explicit_hash_key")
@@ -333,7 +328,7 @@ def _check_put(records: Sequence[PutRecord]) -> list[int]:
         and all(map(str.isascii, keys))
         and list(map(_explicit_hash_key, records)).count(None) == len(records)
     ):
-        return list(map(_hash_key, keys))
+        return list(map(hash_key, keys))
     return _check_each(records)
 
 
@@ -353,7 +348,7 @@ def _check_each(records: Sequence[PutRecord]) -> list[int]:
         total += size
         explicit = record.explicit_hash_key
         if explicit is None:
-            keys.append(_hash_key(pk))
+            keys.append(hash_key(pk))
         elif 0 <= explicit <= MAX_HASH_KEY:
             keys.append(explicit)
         else:

@@ -28,7 +28,6 @@ import base64
 import bisect
 import contextlib
 import datetime as dt
-import functools
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -114,10 +113,6 @@ _SHARD_MAP_TTL = 30.0
 _ITERATOR_MEMORY = 50_000
 _CREATE_WAIT = 300.0
 _KEY_MEMORY = 65_536
-
-
-_hash_key = functools.lru_cache(maxsize=65_536)(hash_key)
-"""MD5 of a partition key, remembered: the same visitors send event after event."""
 
 
 class _Outgoing(NamedTuple):
@@ -629,7 +624,7 @@ class KinesisStream:
         explicit = r.explicit_hash_key
         if explicit is not None and not 0 <= explicit <= MAX_HASH_KEY:
             raise InvalidRequest(f"explicit hash key {explicit} is outside 0..2^128-1")
-        key = explicit if explicit is not None else _hash_key(r.partition_key)
+        key = explicit if explicit is not None else hash_key(r.partition_key)
         return size, key, self._predict(key)
 
     def _predict(self, key: int) -> str | None:
