@@ -50,6 +50,7 @@ import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -154,6 +155,67 @@ def _clean_row(row: PageView) -> PageView:
     return PageView._make(_clean(v) if isinstance(v, str) else v for v in row)
 
 
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_PG_INFINITY = 0x7FFF_FFFF_FFFF_FFFF
+_PG_NEGATIVE_INFINITY = -0x8000_0000_0000_0000
+_INFINITY = datetime.max
+_NEGATIVE_INFINITY = datetime.min
+_INFINITY_MICROS = 252455615999999999
+_NEGATIVE_INFINITY_MICROS = -63082281600000000
+"""asyncpg's sentinels: the naive datetime.max/min are PostgreSQL's infinities, and so are the
+microsecond counts they encode to."""
+
+
+def _encode_timestamptz(value: object) -> tuple[int]:
+    """A timestamptz as microseconds since 2000-01-01 UTC, exactly as asyncpg's own encoder.
+
+    asyncpg's binary encoder compares every value with its naive infinity sentinels first; for
+    an aware datetime each comparison takes PEP 495's slow path, ~1 us per value, a third of a
+    page_views row's COPY encoding. A row's UTC datetimes skip that here.
+    """
+    if type(value) is datetime and value.tzinfo is UTC:
+        micros = (value - _PG_EPOCH) // _MICROSECOND
+    elif isinstance(value, datetime):
+        if value == _INFINITY:
+            return (_PG_INFINITY,)
+        if value == _NEGATIVE_INFINITY:
+            return (_PG_NEGATIVE_INFINITY,)
+        micros = (value.astimezone(UTC) - _PG_EPOCH) // _MICROSECOND
+    elif isinstance(value, date):
+        local = timezone(datetime.now(UTC).astimezone().utcoffset() or timedelta())
+        micros = (datetime(value.year, value.month, value.day, tzinfo=local) - _PG_EPOCH) // _MICROSECOND
+    else:
+        name = type(value).__name__
+        raise TypeError(f"expected a datetime.date or datetime.datetime instance, got {name!r}")
+    if micros == _INFINITY_MICROS:
+        return (_PG_INFINITY,)
+    if micros == _NEGATIVE_INFINITY_MICROS:
+        return (_PG_NEGATIVE_INFINITY,)
+    return (micros,)
+
+
+def _decode_timestamptz(value: tuple[int]) -> datetime:
+    """What asyncpg's own decoder returns: an aware UTC datetime, or a naive infinity sentinel."""
+    (micros,) = value
+    if micros == _PG_INFINITY:
+        return _INFINITY
+    if micros == _PG_NEGATIVE_INFINITY:
+        return _NEGATIVE_INFINITY
+    return _PG_EPOCH + timedelta(microseconds=micros)
+
+
+async def _init_writer(conn: Any) -> None:
+    """Each write connection encodes timestamptz through `_encode_timestamptz` (same bytes, less CPU)."""
+    await conn.set_type_codec(
+        "timestamptz",
+        schema="pg_catalog",
+        encoder=_encode_timestamptz,
+        decoder=_decode_timestamptz,
+        format="tuple",
+    )
+
+
 def _mark_prefix(stream: str, shard_id: str) -> str:
     """What every writer session of a shard's application_name starts with (fits in 63 bytes)."""
     tag = hashlib.blake2b(f"{stream}\x00{shard_id}".encode(), digest_size=8).hexdigest()
@@ -252,6 +314,7 @@ class PostgresWarehouse(PooledWarehouse):
             command_timeout=self.lease_timeout if leases else self.command_timeout,
             max_inactive_connection_lifetime=60.0,
             server_settings={k: v for k, v in settings.items() if k not in given},
+            init=None if leases else _init_writer,
         )
         return pool
 

@@ -8,6 +8,7 @@ staging table `shardflow_stage`, the direct path never does.
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import asyncpg
 import pytest
@@ -161,3 +162,41 @@ async def test_a_shard_merges_after_a_duplicate_until_a_merge_finds_every_row_ne
     assert await wh.write_batch(Batch(STREAM, SHARD, rows[30:], [], "40", fence)) == 10
     assert not await staged(wh), "a merge that found every row new ends merging"
     assert await count(wh) == 40
+
+
+_TIMES = [
+    datetime(2026, 11, 29, 4, 30, 6, 718000, tzinfo=UTC),
+    datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+    datetime(1500, 6, 1, 1, 2, 3, 999, tzinfo=UTC),
+    datetime(2026, 1, 1, tzinfo=timezone(timedelta(hours=5))),
+    datetime(2026, 1, 1, 12, 3, 4, 5),
+    datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+    datetime(1, 1, 1, tzinfo=UTC),
+    datetime.max,
+    datetime.min,
+    date(2026, 3, 4),
+]
+
+
+async def test_write_connections_encode_and_decode_timestamps_as_asyncpg_does(
+    wh: PostgresWarehouse, postgres_url: str
+) -> None:
+    """The write pool's faster timestamptz codec: same stored values, same Python values back."""
+    plain = await asyncpg.connect(postgres_url)
+    try:
+        for value in _TIMES:
+            sql = "SELECT $1::timestamptz, ($1::timestamptz)::text"
+            expected = tuple(await plain.fetchrow(sql, value))
+            got = (await wh.query(f"SELECT '{expected[1]}'::timestamptz, '{expected[1]}'")).rows[0]
+            assert got == expected and type(got[0]) is type(expected[0]), value
+            assert got[0].tzinfo is expected[0].tzinfo
+        fence = await take(wh)
+        rows = [make_row(i)._replace(ts=value) for i, value in enumerate(_TIMES[:-1])]
+        assert await wh.write_batch(Batch(STREAM, SHARD, rows, [], "9", fence)) == len(rows)
+        stored = (await wh.query("SELECT ts::text FROM page_views ORDER BY event_id")).rows
+        sql = "SELECT ($1::timestamptz)::text"
+        assert [text for (text,) in stored] == [await plain.fetchval(sql, row.ts) for row in rows]
+        with pytest.raises(TypeError, match="expected a datetime"):  # as asyncpg's own encoder
+            await wh.write_batch(Batch(STREAM, SHARD, [make_row(99)._replace(ts="x")], [], "10", fence))  # type: ignore[arg-type]
+    finally:
+        await plain.close()
