@@ -44,6 +44,7 @@ __all__ = [
     "partition_key",
     "validate_event",
     "validate_events",
+    "within_limits",
 ]
 
 STRING_FIELDS: Final = (
@@ -334,7 +335,7 @@ def _validate_quickly(
             map(type, chain.from_iterable(map(dict.values, objects)))
         )
         # nested values are rare: then each object is counted through
-        if not flat and not all(_small(value, limits) for value in objects):
+        if not flat and not all(within_limits(value, limits) for value in objects):
             return None
     if shape.event_id:
         ids = list(map(_EVENT_ID, group))
@@ -385,7 +386,7 @@ def _complete(raw: dict[str, Any], shape: _Shape, request: _Request, ts: str | N
     return event
 
 
-def _small(value: dict[str, Any], limits: Limits) -> bool:
+def within_limits(value: dict[str, Any], limits: Limits) -> bool:
     """True when `value` (with nested objects or arrays) is within the key and depth limits."""
     try:
         _count_keys(value, "", limits)

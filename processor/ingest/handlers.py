@@ -100,39 +100,48 @@ class Handlers:
         body = await read_body(request, self.config.max_body, self.config.request_timeout)
         batch = self.intake.batch(self.access.client_ip(request), request.headers.get("User-Agent"))
         if kind in NDJSON_TYPES:
-            items: list[Any] = []
-            lines: list[bytes] = []
-            problems: dict[int, str] = {}
-            for line in body.split(b"\n"):
-                if not line:
-                    continue
-                try:
-                    item = orjson.loads(line)
-                except orjson.JSONDecodeError as exc:
-                    if line.isspace():
-                        continue
-                    problems[len(items)] = not_json(line, exc, "line").message
-                    item = None
-                items.append(item)
-                lines.append(line)
-            if not items:
-                raise RequestError(Problem.NOT_JSON, "body has no events; send one JSON object per line")
-            self.intake.add_all(batch, items, lines, problems, max(map(len, lines)), _check_line)
-        else:
-            value = parse_json(body)
-            if isinstance(value, dict):
-                self.intake.add(batch, 0, value, body, len(body))
-            elif isinstance(value, list):
-                self.intake.add_all(batch, value, [None] * len(value), {}, len(body))
-            else:
-                raise RequestError(
-                    Problem.NOT_JSON,
-                    f"body must be a JSON object, an array of objects, or NDJSON, not {_kind(value)}",
-                )
+            if not self.intake.add_lines(batch, [line for line in body.split(b"\n") if line]):
+                self._add_ndjson(batch, body)
+        elif not self.intake.add_body(batch, body):
+            self._add_json(batch, body)
         await self.intake.submit(batch)
         # A JSON body is always 202 with the rejected ones listed (SPEC): they travel on as dead
         # letters; 400 is kept for a body that is not JSON at all.
         return _json(202, {"accepted": batch.accepted, "rejected": batch.rejected})
+
+    def _add_ndjson(self, batch: Batch, body: bytes) -> None:
+        """The dict path for NDJSON: each line parsed alone, so one bad line is one dead letter."""
+        items: list[Any] = []
+        lines: list[bytes] = []
+        problems: dict[int, str] = {}
+        for line in body.split(b"\n"):
+            if not line:
+                continue
+            try:
+                item = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                if line.isspace():
+                    continue
+                problems[len(items)] = not_json(line, exc, "line").message
+                item = None
+            items.append(item)
+            lines.append(line)
+        if not items:
+            raise RequestError(Problem.NOT_JSON, "body has no events; send one JSON object per line")
+        self.intake.add_all(batch, items, lines, problems, max(map(len, lines)), _check_line)
+
+    def _add_json(self, batch: Batch, body: bytes) -> None:
+        """The dict path for a JSON body: one event object or an array of them."""
+        value = parse_json(body)
+        if isinstance(value, dict):
+            self.intake.add(batch, 0, value, body, len(body))
+        elif isinstance(value, list):
+            self.intake.add_all(batch, value, [None] * len(value), {}, len(body))
+        else:
+            raise RequestError(
+                Problem.NOT_JSON,
+                f"body must be a JSON object, an array of objects, or NDJSON, not {_kind(value)}",
+            )
 
     # -- Segment ---------------------------------------------------------------------------------
 
