@@ -47,7 +47,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta, timezone
@@ -216,6 +216,12 @@ async def _init_writer(conn: Any) -> None:
     )
 
 
+def _plain(rows: Sequence[PageView]) -> Iterator[tuple[Any, ...]]:
+    """The rows as plain tuples for COPY: asyncpg's encoder takes each field of a tuple subclass
+    (a NamedTuple) by the generic item protocol, which doubled its CPU per row (9.0 -> 5.1 us)."""
+    return map(tuple, rows)
+
+
 def _mark_prefix(stream: str, shard_id: str) -> str:
     """What every writer session of a shard's application_name starts with (fits in 63 bytes)."""
     tag = hashlib.blake2b(f"{stream}\x00{shard_id}".encode(), digest_size=8).hexdigest()
@@ -372,11 +378,13 @@ class PostgresWarehouse(PooledWarehouse):
                     raise lease_lost(batch)
                 if batch.rows and merge:
                     await conn.execute(_CREATE_STAGE)
-                    await conn.copy_records_to_table(_STAGE, records=batch.rows, columns=PAGE_VIEW_COLUMNS)
+                    await conn.copy_records_to_table(
+                        _STAGE, records=_plain(batch.rows), columns=PAGE_VIEW_COLUMNS
+                    )
                 elif batch.rows:
                     try:
                         status = await conn.copy_records_to_table(
-                            "page_views", records=batch.rows, columns=PAGE_VIEW_COLUMNS
+                            "page_views", records=_plain(batch.rows), columns=PAGE_VIEW_COLUMNS
                         )
                     except asyncpg.UniqueViolationError as exc:
                         raise _Duplicate(str(exc)) from exc
