@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 from processor.event import DeadLetterRecord, EventError, decode_record
 from processor.streams.base import Record
-from shard_consumer.enrich import parse_agent, to_page_view
+from shard_consumer.enrich import parse_agent, record_to_page_view, to_page_view
 from sinks.base import DeadLetter, PageView
 
 __all__ = ["Processed", "WorkerPool", "dead_letter_key", "default_workers", "process_records"]
@@ -57,7 +57,9 @@ def process_records(
     """Rows for the events, dead letters for the rest: undecodable -> `decode`, enrichment
     failure -> `transform`, dead-letter records -> their own stage. Never raises for bad input.
 
-    A second record with an `event_id` already in this batch (a producer retry) is dropped here;
+    Each record first takes the typed fast path (`record_to_page_view`); what it doubts takes
+    `decode_record` and `to_page_view`, which name the problem. A second record with an
+    `event_id` already in this batch (a producer retry) is dropped here;
     across batches the warehouse's primary key drops it. Every letter gets a key (the front
     end's id on ingest letters, else the stream position), so the warehouse files it once.
     """
@@ -65,6 +67,12 @@ def process_records(
     letters: list[DeadLetter] = []
     seen: set[str] = set()
     for i, (seq, data) in enumerate(zip(sequence_numbers, datas, strict=True)):
+        row = record_to_page_view(data, shard_id, seq, anonymize_ip=anonymize_ip)
+        if row is not None:
+            if row.event_id not in seen:
+                seen.add(row.event_id)
+                rows.append(row)
+            continue
         sub = sub_sequence_numbers[i] if sub_sequence_numbers else 0
         try:
             decoded = decode_record(data)
