@@ -18,8 +18,10 @@ import contextlib
 import logging
 import random
 import time
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Sequence
+from itertools import accumulate, islice, repeat
 from operator import attrgetter
 
 from processor import metrics
@@ -35,6 +37,17 @@ log = logging.getLogger(__name__)
 _SIZE = attrgetter("size")
 _KEY = attrgetter("partition_key")
 _ERROR_CODE = attrgetter("error_code")
+_DATA = attrgetter("data")
+_NEW_TUPLE = tuple.__new__
+
+
+def _put_records(entries: Sequence[Entry]) -> list[PutRecord]:
+    """The PutRecord of each entry; `tuple.__new__` skips the NamedTuple's Python `__new__`."""
+    return list(
+        map(_NEW_TUPLE, repeat(PutRecord), zip(map(_DATA, entries), map(_KEY, entries), repeat(None)))
+    )
+
+
 RETRIABLE_CODES = frozenset({"ProvisionedThroughputExceededException", "InternalFailure"})
 THROTTLE_CODE = "ProvisionedThroughputExceededException"
 
@@ -70,7 +83,8 @@ class Flusher:
         self._ready: deque[Entry] = deque()
         self._unblocked: deque[Entry] = deque()
         self._waiting: dict[str, deque[Entry]] = {}
-        self._busy: dict[str, int] = {}
+        self._busy: set[str] = set()
+        """Keys with a record in a call in flight: no other call takes a record of theirs."""
         self._held_bytes = 0
         self._slots = asyncio.Semaphore(self.concurrency)
         self._settled = asyncio.Event()
@@ -163,17 +177,21 @@ class Flusher:
         Where the stream may fail a record yet store a later one of its key in the same call,
         a batch carries at most one record per key; the rest wait their turn.
         """
-        batch: list[Entry] = []
+        batch = self._take_ready() if not self._unblocked else None
+        if batch is not None:
+            return batch
+        batch = []
         keys: set[str] = set()
         size = 0
         full = False
         limit = self.stream.max_put_records
         one_per_key = not self.stream.put_failures_keep_key_order
+        busy = self._busy
         for queue in (self._unblocked, self._ready):
             while queue and not full:
                 entry = queue[0]
                 key = entry.partition_key
-                if key in self._busy or (one_per_key and key in keys):
+                if key in busy or (one_per_key and key in keys):
                     queue.popleft()
                     self._waiting.setdefault(key, deque()).append(entry)
                     continue
@@ -186,23 +204,41 @@ class Flusher:
                 batch.append(entry)
                 keys.add(key)
                 size += entry.size
-        busy = self._busy
-        for key in keys:
-            busy[key] = busy.get(key, 0) + 1
+        busy |= keys
+        return batch
+
+    def _take_ready(self) -> list[Entry] | None:
+        """`_build` for the usual case, in C-level passes: the head of the ready queue makes a
+        batch as it is, no key of it in flight (nor twice in it, where that matters). None when
+        the record-by-record loop must decide."""
+        ready = self._ready
+        n = min(len(ready), self.stream.max_put_records)
+        if n == 0:
+            return None
+        batch = list(islice(ready, n))
+        sizes = list(accumulate(map(_SIZE, batch)))
+        if sizes[-1] > MAX_PUT_BYTES:
+            n = max(1, bisect_right(sizes, MAX_PUT_BYTES))
+            del batch[n:]
+        keys = set(map(_KEY, batch))
+        if not self._busy.isdisjoint(keys) or (len(keys) < n and not self.stream.put_failures_keep_key_order):
+            return None
+        if n == len(ready):
+            ready.clear()
+        else:
+            for _ in repeat(None, n):
+                ready.popleft()
+        self._busy |= keys
         return batch
 
     def _settle(self, batch: Sequence[Entry]) -> None:
         """A batch is done (acked or given up): free its keys and let their waiters go next."""
-        busy = self._busy
-        for key in set(map(_KEY, batch)):
-            left = busy[key] - 1
-            if left > 0:
-                busy[key] = left
-                continue
-            del busy[key]
-            waiters = self._waiting.pop(key, None)
-            if waiters:
-                self._unblocked.extend(waiters)
+        keys = set(map(_KEY, batch))
+        self._busy -= keys
+        waiting = self._waiting
+        if waiting:
+            for key in keys.intersection(waiting):
+                self._unblocked.extend(waiting.pop(key))
         self._slots.release()
         self.buffer.changed.set()
         self._settled.set()
@@ -222,9 +258,7 @@ class Flusher:
                 pending = parts.popleft()
                 try:
                     async with asyncio.timeout(self.put_timeout):
-                        results = await self.stream.put_records(
-                            [PutRecord(e.data, e.partition_key) for e in pending]
-                        )
+                        results = await self.stream.put_records(_put_records(pending))
                 except InvalidRequest as exc:
                     if len(pending) > 1:
                         half = len(pending) // 2
