@@ -14,6 +14,7 @@ __all__ = [
     "InvalidRequest",
     "LeaseLost",
     "RetriableError",
+    "RowsRejected",
     "ShardflowError",
     "StreamNotFound",
     "StreamUnavailable",
@@ -67,6 +68,11 @@ class StreamNotFound(FatalError):
 
 class InvalidRequest(FatalError):
     """A call broke a documented limit (too many records, record too large, bad shard id)."""
+
+
+class RowsRejected(InvalidRequest):
+    """The warehouse refused a value of a batch (a type, range or constraint its schema holds):
+    the batch can be committed without the rows at fault, which become `load` dead letters."""
 
 
 class LeaseLost(FatalError):

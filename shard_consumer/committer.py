@@ -19,9 +19,11 @@ import enum
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from processor.errors import LeaseLost, WarehouseUnavailable
+import orjson
+
+from processor.errors import LeaseLost, RowsRejected, WarehouseUnavailable
 from processor.metrics import SINK_COMMITS
 from shard_consumer.pool import Processed
 from sinks.base import Batch, DeadLetter, Fence, PageView, Sink
@@ -145,6 +147,11 @@ class ShardCommitter:
                 await asyncio.wait_for(self._warehouse.write_batch(batch), self._timeout)
             except LeaseLost:
                 raise  # counted by the sink; nothing of this batch is written
+            except RowsRejected as exc:
+                if not batch.rows:
+                    raise
+                await self._commit_apart(batch, exc)
+                return
             except (WarehouseUnavailable, TimeoutError) as exc:
                 SINK_COMMITS.labels("retried").inc()
                 self._on_warehouse(False)
@@ -159,3 +166,30 @@ class ShardCommitter:
             elapsed = time.monotonic() - started
             log.debug("shard %s: committed %s in %.3fs", self.shard_id, batch.checkpoint, elapsed)
             return
+
+    async def _commit_apart(self, batch: Batch, exc: RowsRejected) -> None:
+        """The warehouse refused a value of `batch`: commit it in halves, down to each row it
+        refuses, which is filed as a `load` dead letter instead, so one bad row never stops its
+        shard. Every part but the last leaves the checkpoint as it was: a crash midway replays
+        the whole batch, whose rows already written are skipped by event_id."""
+        if batch.dead_letters:
+            # the letters first, alone: a row is never filed for what a letter beside it broke
+            await self._commit(replace(batch, rows=[], checkpoint=None))
+            batch = replace(batch, dead_letters=[])
+        rows = batch.rows
+        if len(rows) == 1:
+            row = rows[0]
+            log.error("shard %s: the warehouse refused event %s; filed as a dead letter: %s",
+                      self.shard_id, row.event_id, exc)  # fmt: skip
+            letter = DeadLetter(
+                stage="load",
+                reason=str(exc),
+                payload=orjson.dumps(row._asdict()).decode(),
+                shard_id=self.shard_id,
+                key=f"load:{self.shard_id}:{row.event_id}",
+            )
+            await self._commit(replace(batch, rows=[], dead_letters=[letter]))
+            return
+        half = len(rows) // 2
+        await self._commit(replace(batch, rows=rows[:half], checkpoint=None))
+        await self._commit(replace(batch, rows=rows[half:]))

@@ -124,8 +124,9 @@ class Batch:
     shard_id: str
     rows: Sequence[PageView]
     dead_letters: Sequence[DeadLetter]
-    checkpoint: str
-    """Sequence number of the last record covered, or SHARD_END."""
+    checkpoint: str | None
+    """Sequence number of the last record covered, or SHARD_END; None leaves the checkpoint as
+    it is (the first parts of a batch committed apart, see `RowsRejected`)."""
     fence: Fence
 
 

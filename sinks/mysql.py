@@ -44,6 +44,7 @@ from processor.errors import (
     ConfigError,
     InvalidRequest,
     LeaseLost,
+    RowsRejected,
     ShardflowError,
     WarehouseUnavailable,
 )
@@ -122,6 +123,22 @@ _FENCE = (
     "AND lease_counter = %s FOR UPDATE"
 )
 _CONFIG_CODES = frozenset((1044, 1045, 1049, 1698))  # access denied, unknown database
+_ROW_CODES = frozenset(
+    (
+        1048,  # column cannot be null
+        1264,  # out of range value
+        1265,  # data truncated
+        1292,  # incorrect datetime value
+        1366,  # incorrect string value
+        1406,  # data too long
+        1644,  # SIGNAL from a trigger on the table
+        1690,  # value out of range
+        3140,  # invalid JSON text (MySQL)
+        3819,  # check constraint violated (MySQL)
+        4025,  # CONSTRAINT failed (MariaDB: CHECK, JSON_VALID)
+    )
+)
+"""A value of the batch the table refuses, not the warehouse failing."""
 
 
 class _QuietCursor(aiomysql.Cursor):  # type: ignore[misc]
@@ -265,6 +282,8 @@ class MysqlWarehouse(PooledWarehouse):
             message = f"{where}: {exc}"
             if code in _CONFIG_CODES:
                 return ConfigError(message)
+            if code in _ROW_CODES:
+                return RowsRejected(message)
             if code == 1205:
                 return LockBusy(message)
             if (
@@ -405,10 +424,11 @@ class MysqlWarehouse(PooledWarehouse):
                     new = await cur.execute(_MERGE)
                 for stage, group in by_stage(batch.dead_letters).items():
                     filed[stage] = await cur.executemany(_INSERT_DEAD, list(map(dead_letter_params, group)))
-                await cur.execute(
-                    _UPSERT_CHECKPOINT,
-                    (batch.stream, batch.shard_id, batch.checkpoint, batch.fence.lease_counter),
-                )
+                if batch.checkpoint is not None:
+                    await cur.execute(
+                        _UPSERT_CHECKPOINT,
+                        (batch.stream, batch.shard_id, batch.checkpoint, batch.fence.lease_counter),
+                    )
         finally:
             if paths:
                 await asyncio.to_thread(_remove, paths)

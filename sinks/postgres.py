@@ -59,6 +59,7 @@ import asyncpg
 from processor.errors import (
     ConfigError,
     InvalidRequest,
+    RowsRejected,
     ShardflowError,
     WarehouseUnavailable,
 )
@@ -138,6 +139,8 @@ _WITH_CHECKPOINT = (
     "ON c.stream = l.stream AND c.shard_id = l.shard_id ORDER BY l.shard_id"
 )
 _SQL = shared_sql("$")
+_ROW_CLASSES = frozenset(("22", "23"))
+"""Data exception, integrity constraint violation: a value of the batch, not the warehouse."""
 _RETRIABLE_CLASSES = frozenset(("08", "40", "53", "55", "57", "58"))
 """Connection exception, transaction rollback (deadlock, serialization), insufficient resources,
 object in use / lock not available, operator intervention (shutdown), system error."""
@@ -296,6 +299,8 @@ class PostgresWarehouse(PooledWarehouse):
                 return WarehouseUnavailable(message)
             if code[:2] == "28" or code == "3D000":
                 return ConfigError(message)
+            if code[:2] in _ROW_CLASSES:
+                return RowsRejected(message)
             return InvalidRequest(message)
         if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
             return WarehouseUnavailable(f"{where}: {exc!r}")
@@ -402,13 +407,14 @@ class PostgresWarehouse(PooledWarehouse):
                 # PostgreSQL cannot store NUL in text or jsonb; one more try with it replaced, so
                 # one odd event never blocks its shard (the normal path pays nothing for this)
                 raise WriteAgain(str(exc), _cleaned(batch)) from exc
-            await conn.execute(
-                _UPSERT_CHECKPOINT,
-                batch.stream,
-                batch.shard_id,
-                batch.checkpoint,
-                batch.fence.lease_counter,
-            )
+            if batch.checkpoint is not None:
+                await conn.execute(
+                    _UPSERT_CHECKPOINT,
+                    batch.stream,
+                    batch.shard_id,
+                    batch.checkpoint,
+                    batch.fence.lease_counter,
+                )
         return new, filed
 
     async def _owned_ending_stale(self, conn: Any, fence: tuple[str, str, str, int], mark: str) -> bool:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.request import pathname2url
 
-from processor.errors import ConfigError, InvalidRequest, LeaseLost, WarehouseUnavailable
+from processor.errors import ConfigError, InvalidRequest, LeaseLost, RowsRejected, WarehouseUnavailable
 from processor.sqlite_wal import enable_wal, is_busy
 from processor.streams.base import ShardInfo
 from processor.uris import sqlite_path
@@ -234,6 +234,8 @@ class SqliteWarehouse(AsyncWarehouse):
         except sqlite3.Error as exc:
             if isinstance(exc, sqlite3.OperationalError) and "unable to open" in str(exc):
                 raise ConfigError(f"cannot open SQLite warehouse {self.path}: {exc}") from exc
+            if isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError):
+                raise RowsRejected(f"SQLite warehouse {self.path}: {exc}") from exc
             raise WarehouseUnavailable(f"SQLite warehouse {self.path}: {exc}") from exc
 
     def _db(self) -> sqlite3.Connection:
@@ -285,10 +287,11 @@ class SqliteWarehouse(AsyncWarehouse):
             before = conn.total_changes
             conn.executemany(_INSERT_DEAD, [(*dead_letter_params(d), now) for d in group])
             letters[stage] = conn.total_changes - before
-        conn.execute(
-            _UPSERT_CHECKPOINT,
-            (batch.stream, batch.shard_id, batch.checkpoint, batch.fence.lease_counter, now),
-        )
+        if batch.checkpoint is not None:
+            conn.execute(
+                _UPSERT_CHECKPOINT,
+                (batch.stream, batch.shard_id, batch.checkpoint, batch.fence.lease_counter, now),
+            )
         return new, letters
 
     async def get_checkpoint(self, stream: str, shard_id: str) -> str | None:
