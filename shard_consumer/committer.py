@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 import orjson
 
 from processor.errors import LeaseLost, RowsRejected, WarehouseUnavailable
+from processor.event import OBJECT_FIELDS, STRING_FIELDS
 from processor.metrics import SINK_COMMITS
 from shard_consumer.pool import Processed
 from sinks.base import Batch, DeadLetter, Fence, PageView, Sink
@@ -50,6 +51,20 @@ class PendingBatch:
     checkpoint: str
     """Sequence number of the batch's last record, or SHARD_END."""
     records: int
+
+
+def _event_text(row: PageView) -> str:
+    """The event a refused row was made from, as JSON: what `dead-letters replay` re-validates
+    and puts on the stream again once the warehouse takes it."""
+    event: dict[str, object] = {}
+    for name in _EVENT_FIELDS:
+        value = getattr(row, name)
+        if value is not None:
+            event[name] = orjson.Fragment(value) if name in OBJECT_FIELDS else value
+    return orjson.dumps(event).decode()
+
+
+_EVENT_FIELDS = (*STRING_FIELDS, "ts", "received_at", *OBJECT_FIELDS)
 
 
 class ShardCommitter:
@@ -184,7 +199,7 @@ class ShardCommitter:
             letter = DeadLetter(
                 stage="load",
                 reason=str(exc),
-                payload=orjson.dumps(row._asdict()).decode(),
+                payload=_event_text(row),
                 shard_id=self.shard_id,
                 key=f"load:{self.shard_id}:{row.event_id}",
             )

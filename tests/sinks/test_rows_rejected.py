@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from urllib.parse import urlsplit
 
 import asyncpg
 import orjson
 import pymysql
 
+from processor.event import format_ts, validate_event
 from shard_consumer.committer import PendingBatch, ShardCommitter
 from shard_consumer.pool import Processed
 from sinks import DeadLetter, Warehouse
@@ -101,6 +103,12 @@ async def test_refused_rows_become_load_dead_letters_and_the_rest_loads(
         f"ev-{i:08d}" for i in REFUSED
     ]
     assert all("refused" in letter.reason for letter in load)
+    # each letter holds the event as it travelled, so a redrive can load it once the table takes it
+    event = validate_event(orjson.loads(load[0].payload), received_at=time.time())
+    row = make_row(int(event["event_id"][3:]), url=event["url"])
+    assert event["url"].startswith("https://example.com/refused/")
+    assert event["ts"] == format_ts(row.ts.timestamp())
+    assert row.properties is not None and event["properties"] == orjson.loads(row.properties)
     assert len(await warehouse.list_dead_letters(stage="decode")) == 1
     assert await warehouse.get_checkpoint(STREAM, SHARD) == "00000000000000000100"
 
