@@ -14,7 +14,7 @@ import functools
 import operator
 from collections.abc import Callable, Sequence
 from itertools import chain, repeat
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, NamedTuple
 
 import msgspec
 
@@ -31,7 +31,7 @@ from processor.event import (
 )
 from processor.streams.base import MAX_RECORD_BYTES
 
-__all__ = ["Records", "decode_body", "decode_lines"]
+__all__ = ["Context", "Records", "decode_body", "decode_lines"]
 
 Records = list[tuple[str, bytes]]
 """(partition key, record bytes) of each event, in the request's order."""
@@ -88,64 +88,57 @@ def _shape(limits: Limits) -> _Shape:
     return _Shape(limits)
 
 
-def decode_lines(
-    lines: Sequence[bytes],
-    received_at: float,
-    received_at_text: str,
-    ip: str | None,
-    user_agent: str | None,
-    limits: Limits,
-) -> Records | None:
+class Context(NamedTuple):
+    """What the events of one request share: when and from where it came, and the limits."""
+
+    received_at: float
+    received_at_text: str
+    ip: str | None
+    user_agent: str | None
+    limits: Limits
+
+
+def decode_lines(lines: Sequence[bytes], context: Context) -> Records | None:
     """The records of NDJSON `lines` (none empty), or None when the dict path must decide."""
     if not lines:
         return None
-    shape = _shape(limits)
-    try:
-        events = list(map(shape.flat_line, lines))
-    except _DECODE_ERRORS:
-        try:
-            events = list(map(shape.nested_line, lines))
-        except _DECODE_ERRORS:
-            return None
-        if not _objects_within(events, limits):
-            return None
-    return _complete(events, received_at, received_at_text, ip, user_agent, limits)
+    shape = _shape(context.limits)
+    return _decode(lambda decode: list(map(decode, lines)), shape.flat_line, shape.nested_line, context)
 
 
-def decode_body(
-    body: bytes,
-    received_at: float,
-    received_at_text: str,
-    ip: str | None,
-    user_agent: str | None,
-    limits: Limits,
-) -> Records | None:
+def decode_body(body: bytes, context: Context) -> Records | None:
     """The records of a JSON body (one event object or an array of them), or None as above."""
-    shape = _shape(limits)
+
+    def events(decode: Callable[[bytes], Any]) -> list[Any]:
+        value = decode(body)
+        return value if isinstance(value, list) else [value]
+
+    shape = _shape(context.limits)
+    return _decode(events, shape.flat_body, shape.nested_body, context)
+
+
+def _decode(
+    events_of: Callable[[Callable[[bytes], Any]], list[Any]],
+    flat: Callable[[bytes], Any],
+    nested: Callable[[bytes], Any],
+    context: Context,
+) -> Records | None:
+    """`events_of(flat)`, else `events_of(nested)` with the object fields counted, completed."""
     try:
-        value = shape.flat_body(body)
+        events = events_of(flat)
     except _DECODE_ERRORS:
         try:
-            value = shape.nested_body(body)
+            events = events_of(nested)
         except _DECODE_ERRORS:
             return None
-        if not _objects_within(value if isinstance(value, list) else [value], limits):
+        if not _objects_within(events, context.limits):
             return None
-    events = value if isinstance(value, list) else [value]
-    if not events:
-        return None
-    return _complete(events, received_at, received_at_text, ip, user_agent, limits)
+    return _complete(events, context) if events else None
 
 
-def _complete(
-    events: list[Any],
-    received_at: float,
-    received_at_text: str,
-    ip: str | None,
-    user_agent: str | None,
-    limits: Limits,
-) -> Records | None:
+def _complete(events: list[Any], context: Context) -> Records | None:
     """Check what the struct could not, fill in the server's fields, encode; None on any doubt."""
+    received_at, received_at_text, ip, user_agent, limits = context
     if None in map(_TYPE, events):
         for event in events:
             if event.type is None:

@@ -153,14 +153,16 @@ class Intake:
     def add_lines(self, batch: Batch, lines: Sequence[bytes]) -> bool:
         """Add NDJSON `lines` (none empty) on the fast path (`processor.wire`); False, with
         nothing added, when any of them needs the dict path (`add_all`)."""
-        return self._add_fast(batch, wire.decode_lines(lines, *self._wire_args(batch)))
+        return self._add_fast(batch, wire.decode_lines(lines, self._context(batch)))
 
     def add_body(self, batch: Batch, body: bytes) -> bool:
         """Add a JSON body's event or array of events on the fast path; False as `add_lines`."""
-        return self._add_fast(batch, wire.decode_body(body, *self._wire_args(batch)))
+        return self._add_fast(batch, wire.decode_body(body, self._context(batch)))
 
-    def _wire_args(self, batch: Batch) -> tuple[float, str, str | None, str | None, Limits]:
-        return batch.received_at, batch.received_at_text, batch.ip, batch.user_agent, self.limits
+    def _context(self, batch: Batch) -> wire.Context:
+        return wire.Context(
+            batch.received_at, batch.received_at_text, batch.ip, batch.user_agent, self.limits
+        )
 
     @staticmethod
     def _add_fast(batch: Batch, records: wire.Records | None) -> bool:

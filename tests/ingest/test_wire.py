@@ -35,12 +35,12 @@ def dict_path(texts: list[bytes], limits: Limits) -> list[tuple[str, dict[str, A
 
 
 def fast_path(texts: list[bytes], limits: Limits, *, body: bool) -> list[tuple[str, dict[str, Any]]] | None:
-    args = (NOW, format_ts(NOW), IP, AGENT, limits)
+    context = wire.Context(NOW, format_ts(NOW), IP, AGENT, limits)
     if body:
         joined = texts[0] if len(texts) == 1 else b"[" + b",".join(texts) + b"]"
-        records = wire.decode_body(joined, *args)
+        records = wire.decode_body(joined, context)
     else:
-        records = wire.decode_lines(texts, *args)
+        records = wire.decode_lines(texts, context)
     return None if records is None else [(key, orjson.loads(data)) for key, data in records]
 
 
@@ -106,7 +106,7 @@ def test_anything_not_an_event_object_is_left_to_the_dict_path(value: object) ->
     if isinstance(value, dict):
         return
     text = orjson.dumps(value)
-    assert wire.decode_lines([text], NOW, format_ts(NOW), IP, AGENT, Limits()) is None
+    assert wire.decode_lines([text], wire.Context(NOW, format_ts(NOW), IP, AGENT, Limits())) is None
 
 
 def test_usual_requests_take_the_fast_path() -> None:
@@ -137,4 +137,4 @@ def test_a_request_with_one_doubtful_event_is_left_whole_to_the_dict_path() -> N
     good = orjson.dumps({"anonymous_id": "a", "ts": int(time.time() * 1000)})
     for bad in (b'{"anonymous_id": "a", "bogus": 1}', b'{"type": "nope"}', b'{"event_id": "  "}',
                 b'{"ts": true}', b"{not json", b'{"url": 5}', b'{"properties": []}'):  # fmt: skip
-        assert wire.decode_lines([good, bad], NOW, format_ts(NOW), IP, AGENT, Limits()) is None
+        assert wire.decode_lines([good, bad], wire.Context(NOW, format_ts(NOW), IP, AGENT, Limits())) is None
