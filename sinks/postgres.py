@@ -273,6 +273,8 @@ class PostgresWarehouse(PooledWarehouse):
         self._ends_stale = True
         """False once the server refused to end a stale writer's session outright."""
         self._refusal_logged = False
+        self._to_reset: set[int] = set()
+        """Server pids of write connections lent for something other than a batch (see `_reset`)."""
 
     @classmethod
     def from_uri(cls, uri: str) -> PostgresWarehouse:
@@ -326,6 +328,7 @@ class PostgresWarehouse(PooledWarehouse):
             max_inactive_connection_lifetime=60.0,
             server_settings={k: v for k, v in settings.items() if k not in given},
             init=None if leases else _init_writer,
+            reset=None if leases else self._reset,
         )
         return pool
 
@@ -334,7 +337,24 @@ class PostgresWarehouse(PooledWarehouse):
         async with self._errors(what):
             pool = await self._pool(leases)
             async with pool.acquire(timeout=self.connect_timeout) as conn:
+                if not leases and what != "write_batch":
+                    self._to_reset.add(conn.get_server_pid())
                 yield conn
+
+    async def _reset(self, conn: Any) -> None:
+        """A write connection going back to its pool (any open transaction is already rolled back).
+
+        A batch leaves no session state (its settings are SET LOCAL, and the staging table is
+        meant to stay), so after one the session is not reset: asyncpg's reset query costs a round
+        trip and four statements per batch. After anything else (a query, which runs the
+        caller's SQL) it is.
+        """
+        pid = conn.get_server_pid()
+        if pid in self._to_reset:
+            self._to_reset.discard(pid)
+            query = conn.get_reset_query()
+            if query:
+                await conn.execute(query)
 
     async def _migrate(self, writes: asyncpg.Pool) -> None:
         async with writes.acquire(timeout=self.connect_timeout) as conn, conn.transaction():

@@ -200,3 +200,25 @@ async def test_write_connections_encode_and_decode_timestamps_as_asyncpg_does(
             await wh.write_batch(Batch(STREAM, SHARD, [make_row(99)._replace(ts="x")], [], "10", fence))  # type: ignore[arg-type]
     finally:
         await plain.close()
+
+
+async def test_a_write_connection_is_reset_after_a_query_not_after_a_batch(
+    wh: PostgresWarehouse, postgres_url: str
+) -> None:
+    """asyncpg's reset (a round trip, four statements) runs only where session state may be left."""
+    await wh.query("SELECT set_config('shardflow.left_behind', 'yes', false)")
+    for _ in range(4):  # whichever pooled connection answers, none carries the setting
+        result = await wh.query("SELECT coalesce(current_setting('shardflow.left_behind', true), '')")
+        assert result.rows == [("",)]
+    fence = await take(wh)
+    rows = [make_row(i) for i in range(10)]
+    assert await wh.write_batch(Batch(STREAM, SHARD, rows, [], "10", fence)) == 10
+    observer = await asyncpg.connect(postgres_url)
+    try:
+        last = await observer.fetch(
+            "SELECT query FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND state = 'idle'"
+        )
+    finally:
+        await observer.close()
+    assert "COMMIT" in [r["query"] for r in last], "the batch's connection went back without a reset"
