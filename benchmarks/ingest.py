@@ -118,6 +118,7 @@ class _NoopStream:
     name = "noop"
     max_put_records = MAX_PUT_RECORDS
     put_failures_keep_key_order = True
+    paces_puts = False
 
     async def describe(self) -> StreamDescription:
         return StreamDescription(self.name, "ACTIVE", ())

@@ -257,7 +257,7 @@ class Flusher:
             while parts:
                 pending = parts.popleft()
                 try:
-                    async with asyncio.timeout(self.put_timeout):
+                    async with asyncio.timeout(None if self.stream.paces_puts else self.put_timeout):
                         results = await self.stream.put_records(_put_records(pending))
                 except InvalidRequest as exc:
                     if len(pending) > 1:

@@ -171,6 +171,10 @@ class Stream(Protocol):
     partition key (all-or-nothing puts; KPL aggregation, which holds a shard back after a failure).
     When False (plain PutRecords), a sender that must keep per-key order puts at most one record
     of a key in one call."""
+    paces_puts: bool
+    """True when `put_records` may first wait for write capacity the stream keeps track of (a
+    rate limit per shard) and every call it then makes has a timeout of its own: a caller then
+    sets no deadline around it, as waiting for capacity is not the stream failing to answer."""
 
     async def create(self, shard_count: int) -> None:
         """Create the stream with `shard_count` shards over the whole hash-key space; wait until ACTIVE.

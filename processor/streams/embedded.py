@@ -78,6 +78,7 @@ class EmbeddedStream:
     max_put_records = MAX_PUT_RECORDS
     put_failures_keep_key_order = True
     """A put is one SQLite transaction: every record is stored, or none."""
+    paces_puts = False
 
     def __init__(
         self,

@@ -295,6 +295,7 @@ class KinesisStream:
         # PutRecords may fail one record and store a later one of its key; aggregation packs a
         # key's records together and holds its shard back after a failure.
         self.put_failures_keep_key_order = options.aggregate
+        self.paces_puts = True
         self._exit = contextlib.AsyncExitStack()
         self._client: Any = None
         self._client_lock = asyncio.Lock()
