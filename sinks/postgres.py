@@ -170,27 +170,42 @@ _NEGATIVE_INFINITY_MICROS = -63082281600000000
 microsecond counts they encode to."""
 
 
+_ENCODED: dict[datetime, tuple[int]] = {}
+_ENCODED_MAX = 4096
+
+
 def _encode_timestamptz(value: object) -> tuple[int]:
     """A timestamptz as microseconds since 2000-01-01 UTC, exactly as asyncpg's own encoder.
 
     asyncpg's binary encoder compares every value with its naive infinity sentinels first; for
     an aware datetime each comparison takes PEP 495's slow path, ~1 us per value, a third of a
-    page_views row's COPY encoding. A row's UTC datetimes skip that here.
+    page_views row's COPY encoding. A row's UTC datetimes skip that here, and since rows share
+    their timestamps (the enrichment's per-string cache returns the same objects), the encoded
+    ones are kept in a small table.
     """
     if type(value) is datetime and value.tzinfo is UTC:
-        micros = (value - _PG_EPOCH) // _MICROSECOND
-    elif isinstance(value, datetime):
+        encoded = _ENCODED.get(value)
+        if encoded is None:
+            if len(_ENCODED) >= _ENCODED_MAX:
+                _ENCODED.clear()
+            encoded = _ENCODED[value] = _from_micros((value - _PG_EPOCH) // _MICROSECOND)
+        return encoded
+    if isinstance(value, datetime):
         if value == _INFINITY:
             return (_PG_INFINITY,)
         if value == _NEGATIVE_INFINITY:
             return (_PG_NEGATIVE_INFINITY,)
-        micros = (value.astimezone(UTC) - _PG_EPOCH) // _MICROSECOND
-    elif isinstance(value, date):
+        return _from_micros((value.astimezone(UTC) - _PG_EPOCH) // _MICROSECOND)
+    if isinstance(value, date):
         local = timezone(datetime.now(UTC).astimezone().utcoffset() or timedelta())
-        micros = (datetime(value.year, value.month, value.day, tzinfo=local) - _PG_EPOCH) // _MICROSECOND
-    else:
-        name = type(value).__name__
-        raise TypeError(f"expected a datetime.date or datetime.datetime instance, got {name!r}")
+        return _from_micros(
+            (datetime(value.year, value.month, value.day, tzinfo=local) - _PG_EPOCH) // _MICROSECOND
+        )
+    name = type(value).__name__
+    raise TypeError(f"expected a datetime.date or datetime.datetime instance, got {name!r}")
+
+
+def _from_micros(micros: int) -> tuple[int]:
     if micros == _INFINITY_MICROS:
         return (_PG_INFINITY,)
     if micros == _NEGATIVE_INFINITY_MICROS:

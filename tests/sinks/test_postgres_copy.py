@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 
 from processor.errors import LeaseLost
 from sinks import Batch, DeadLetter
-from sinks.postgres import PostgresWarehouse
+from sinks.postgres import _ENCODED, _ENCODED_MAX, PostgresWarehouse, _encode_timestamptz
 from tests.sinks.conftest import make_row
 from tests.sinks.test_warehouse import SHARD, STREAM, count, take
 from tests.support.wait import eventually
@@ -222,3 +222,15 @@ async def test_a_write_connection_is_reset_after_a_query_not_after_a_batch(
     finally:
         await observer.close()
     assert "COMMIT" in [r["query"] for r in last], "the batch's connection went back without a reset"
+
+
+def test_timestamps_encode_the_same_from_the_table_and_it_stays_bounded() -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    values = [start + timedelta(microseconds=997 * i) for i in range(_ENCODED_MAX + 10)]
+    first = [_encode_timestamptz(value) for value in values]
+    assert [_encode_timestamptz(value) for value in values] == first
+    epoch, micro = datetime(2000, 1, 1, tzinfo=UTC), timedelta(microseconds=1)
+    assert first == [((value - epoch) // micro,) for value in values]
+    assert len(_ENCODED) <= _ENCODED_MAX
+    for _ in range(2):  # PostgreSQL's infinity, as asyncpg encodes this instant, cached or not
+        assert _encode_timestamptz(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)) == (2**63 - 1,)
