@@ -87,7 +87,7 @@ plausible = st.fixed_dictionaries(
 requests = st.lists(plausible, min_size=1, max_size=4) | st.lists(events, min_size=1, max_size=4)
 
 
-@settings(max_examples=600)
+@settings(max_examples=300)
 @given(raws=requests | same_keys.filter(bool), limited=st.booleans(), body=st.booleans())
 def test_the_fast_path_takes_only_what_the_dict_path_accepts_and_makes_the_same_records(
     raws: list[dict[str, Any]], limited: bool, body: bool
