@@ -4,10 +4,11 @@ A batch is one InnoDB transaction: `LOAD DATA LOCAL INFILE` the rows into a temp
 table (tab-separated files under 8 MiB each, as aiomysql fails on files near 16 MiB), then lock
 the shard's lease row only if it is still ours (`SELECT ... AND owner AND lease_counter FOR
 UPDATE`: the fence), `INSERT IGNORE ... SELECT` the staged rows into `page_views` (duplicates by
-`event_id` are skipped), insert the dead letters (`INSERT IGNORE`: a repeat by `dedup_key` is
-skipped), upsert the checkpoint, commit. LOAD DATA measured ≈3x faster than multi-row `INSERT
-IGNORE`, which is bound by Python-side escaping; a server that refuses LOAD DATA LOCAL (MySQL
-8's default `local_infile=OFF`) gets multi-row `INSERT` into the staging table instead. utf8mb4
+`event_id` are skipped; a row skipped or changed for any other reason is refused), insert the
+dead letters (`INSERT IGNORE`: a repeat by `dedup_key` is skipped), upsert the checkpoint,
+commit. LOAD DATA measured ≈3x faster than multi-row `INSERT IGNORE`, which is bound by
+Python-side escaping; a server that refuses LOAD DATA LOCAL (MySQL 8's default
+`local_infile=OFF`) gets multi-row `INSERT` into the staging table instead. utf8mb4
 everywhere, so emoji survive.
 
 The lease row is locked last, for the short merge-and-checkpoint window: a consumer stopped or
@@ -118,6 +119,12 @@ _CREATE_STAGE = "CREATE TEMPORARY TABLE {stage} {engine} SELECT {columns} FROM p
 On MariaDB in Aria, ≈20% faster to load than InnoDB for a table that is made anew per batch."""
 _INSERT_STAGE = f"INSERT INTO {_STAGE} ({LOAD_COLUMNS}) VALUES ({', '.join(['%s'] * len(PAGE_VIEW_COLUMNS))})"
 _MERGE = f"INSERT IGNORE INTO page_views ({LOAD_COLUMNS}) SELECT {LOAD_COLUMNS} FROM {_STAGE}"
+"""IGNORE skips a duplicate event_id with a warning, but also a row the table refuses (a CHECK
+failing) or changes one (a value cut to fit): `_check_refusals` tells them apart."""
+_MISSING = (
+    f"SELECT COUNT(*) FROM {_STAGE} s WHERE NOT EXISTS "
+    "(SELECT 1 FROM page_views p WHERE p.event_id = s.event_id)"
+)
 _FENCE = (
     "SELECT 1 FROM shardflow_leases WHERE stream = %s AND shard_id = %s AND owner = %s "
     "AND lease_counter = %s FOR UPDATE"
@@ -143,10 +150,33 @@ _ROW_CODES = frozenset(
 
 class _QuietCursor(aiomysql.Cursor):  # type: ignore[misc]
     """A cursor that skips aiomysql's SHOW WARNINGS round trip: duplicates skipped by IGNORE
-    are expected, and the extra query per LOAD DATA costs time on every batch."""
+    are expected, and the extra query per LOAD DATA costs time on every batch. How many warnings
+    the last statement raised is still known (`warning_count`), for a caller that must look."""
 
     async def _show_warnings(self, conn: Any) -> None:
         return None
+
+    @property
+    def warning_count(self) -> int:
+        return int(self._result.warning_count) if self._result is not None else 0
+
+
+async def _check_refusals(cur: Any, skipped: int) -> None:
+    """RowsRejected when the merge's IGNORE skipped or changed a staged row for anything but a
+    duplicate event_id: a warning more than the rows skipped (a row changed to fit), or a skipped
+    row not in page_views after all (refused, as by a CHECK)."""
+    warnings = cur.warning_count
+    await cur.execute("SHOW WARNINGS")
+    found = [f"({code}, {message!r})" for _, code, message in await cur.fetchall() if code != 1062]
+    refused = warnings > skipped
+    if not refused and skipped:
+        await cur.execute(_MISSING)
+        (missing,) = await cur.fetchone()
+        refused = missing > 0
+    if refused:
+        raise RowsRejected(
+            "write_batch: page_views refused rows: " + "; ".join(found or ["(no detail kept)"])
+        )
 
 
 def load_data_sql(table: str = "page_views") -> str:
@@ -422,6 +452,8 @@ class MysqlWarehouse(PooledWarehouse):
                     raise lease_lost(batch)
                 if batch.rows:
                     new = await cur.execute(_MERGE)
+                    if cur.warning_count:
+                        await _check_refusals(cur, skipped=len(batch.rows) - new)
                 for stage, group in by_stage(batch.dead_letters).items():
                     filed[stage] = await cur.executemany(_INSERT_DEAD, list(map(dead_letter_params, group)))
                 if batch.checkpoint is not None:
