@@ -29,6 +29,7 @@ from processor.streams.base import MAX_RECORD_BYTES
 
 __all__ = [
     "EVENT_TYPES",
+    "MAX_KEY_CHARS",
     "OBJECT_FIELDS",
     "STRING_FIELDS",
     "DeadLetterRecord",
@@ -42,6 +43,7 @@ __all__ = [
     "new_event_id",
     "parse_ts",
     "partition_key",
+    "plainly_fits",
     "validate_event",
     "validate_events",
     "within_limits",
@@ -452,7 +454,7 @@ def _validate_strictly(
 def partition_key(event: Mapping[str, Any]) -> str:
     """anonymous_id, else user_id, else event_id: one visitor's events stay in order on one shard."""
     key = event.get("anonymous_id") or event.get("user_id") or event["event_id"]
-    return str(key)[:256]
+    return str(key)[:MAX_KEY_CHARS]
 
 
 def encode_event(event: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS) -> bytes:
@@ -475,8 +477,19 @@ def encode_event(event: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS) -> b
     return data
 
 
-_MAX_KEY_BYTES: Final = 4 * 256
+MAX_KEY_CHARS: Final = 256
+"""The longest partition key, in characters (Kinesis's limit)."""
+_MAX_KEY_BYTES: Final = 4 * MAX_KEY_CHARS
 """The most UTF-8 bytes a partition key takes: 256 characters of at most 4 bytes."""
+
+
+def plainly_fits(records: Sequence[bytes], keys: Sequence[str], limits: Limits) -> bool:
+    """Every record within the event limit and, with room for any key, the stream's; every key
+    within MAX_KEY_CHARS: then none needs `encode_event`'s exact check with its own key."""
+    return (
+        max(map(len, records), default=0) <= min(limits.max_record_bytes, MAX_RECORD_BYTES - _MAX_KEY_BYTES)
+        and max(map(len, keys), default=0) <= MAX_KEY_CHARS
+    )
 
 
 def encode_events(
@@ -491,10 +504,8 @@ def encode_events(
         records = list(map(orjson.dumps, events))
     except TypeError:
         return None
-    if max(map(len, records), default=0) > min(limits.max_record_bytes, MAX_RECORD_BYTES - _MAX_KEY_BYTES):
-        return None
     keys = list(map(_ANONYMOUS_ID, events))
-    if not all(keys) or not _ONLY_STR.issuperset(map(type, keys)) or max(map(len, keys), default=0) > 256:
+    if not all(keys) or not _ONLY_STR.issuperset(map(type, keys)) or not plainly_fits(records, keys, limits):
         return None
     return list(zip(keys, records, strict=True))
 

@@ -27,9 +27,9 @@ from processor.event import (
     format_ts,
     new_event_id,
     parse_ts,
+    plainly_fits,
     within_limits,
 )
-from processor.streams.base import MAX_RECORD_BYTES
 
 __all__ = ["Context", "Records", "decode_body", "decode_lines"]
 
@@ -37,7 +37,6 @@ Records = list[tuple[str, bytes]]
 """(partition key, record bytes) of each event, in the request's order."""
 
 _DECODE_ERRORS: Final = (msgspec.MsgspecError, ValueError, RecursionError, OverflowError)
-_MAX_KEY_CHARS: Final = 256
 _ENCODE: Final = msgspec.json.Encoder().encode
 _NESTED: Final = frozenset((dict, list))
 _ONLY_INT: Final = frozenset((int,))
@@ -169,12 +168,8 @@ def _complete(events: list[Any], context: Context) -> Records | None:
             event.ip = ip
             event.user_agent = user_agent
     records = list(map(_ENCODE, events))
-    if max(map(len, records)) > min(limits.max_record_bytes, MAX_RECORD_BYTES - 4 * _MAX_KEY_CHARS):
-        return None
     keys = [e.anonymous_id or e.user_id or e.event_id for e in events]
-    if max(map(len, keys)) > _MAX_KEY_CHARS:
-        return None
-    return list(zip(keys, records, strict=True))
+    return list(zip(keys, records, strict=True)) if plainly_fits(records, keys, limits) else None
 
 
 def _any_set(events: list[Any], field: Callable[[Any], object]) -> bool:

@@ -16,6 +16,7 @@ import orjson
 
 from processor import metrics, wire
 from processor.event import (
+    MAX_KEY_CHARS,
     EventError,
     Limits,
     encode_dead_letter,
@@ -86,7 +87,7 @@ class Intake:
             self.reject(batch, index, str(exc), source if source is not None else _dump(raw))
             return str(exc)
         key = event.get("anonymous_id") or event.get("user_id") or event["event_id"]
-        batch.records.append((key if len(key) <= 256 else partition_key(event), data))
+        batch.records.append((key if len(key) <= MAX_KEY_CHARS else partition_key(event), data))
         batch.accepted += 1
         return None
 
@@ -146,7 +147,7 @@ class Intake:
                 self.reject(batch, index, str(exc), source if source is not None else _dump(raws[index]))
                 continue
             key = event.get("anonymous_id") or event.get("user_id") or event["event_id"]
-            records.append((key if len(key) <= 256 else partition_key(event), data))
+            records.append((key if len(key) <= MAX_KEY_CHARS else partition_key(event), data))
             accepted += 1
         batch.accepted += accepted
 
