@@ -199,3 +199,35 @@ async def test_stop_drains_within_the_timeout_and_the_next_start_sends_the_rest(
     proxy.stall = False
     async with FrontEnd(config, kstream):
         await eventually(lambda: all_ids(kstream, 200), timeout=30, what="200 events after restart")
+
+
+async def test_small_puts_gather_while_one_is_in_flight(
+    base_config: IngestConfig, proxy: KinesisFaultProxy, kstream: KinesisStream
+) -> None:
+    """Nagle's rule: while a put that did not fill a batch is in flight, the records behind it
+    wait to fill the next call instead of each request's record going out in a call of its own
+    (eight calls in flight at once before, then a call for every few records). Each event has
+    a key of its own: Kinesis may fail one record and store a later one of its key in the same
+    call, so a call carries at most one record of a key, whatever the rule."""
+    config = replace(base_config, put_timeout=60.0)
+    async with FrontEnd(config, kstream) as front, aiohttp.ClientSession() as client:
+        async with client.post(url(front, "/v1/events"), json=event("warm", "k-warm", 0)) as r:
+            assert r.status == 202
+        await eventually(lambda: all_ids(kstream, 1), timeout=30, what="the first event")
+        before = proxy.calls["PutRecords"]
+        proxy.stall = True
+        for n in range(300):
+            async with client.post(url(front, "/v1/events"), json=event(f"n-{n}", f"k{n}", n)) as r:
+                assert r.status == 202
+            if n == 0:
+
+                async def first_put() -> bool:
+                    return proxy.calls["PutRecords"] > before
+
+                await eventually(first_put, timeout=10, what="the first put")
+        held = proxy.calls["PutRecords"] - before
+        proxy.stall = False
+        events = await eventually(lambda: all_ids(kstream, 301), timeout=30, what="300 events")
+    assert held == 1
+    assert proxy.calls["PutRecords"] - before <= 3, proxy.calls
+    assert len(events) == 301
