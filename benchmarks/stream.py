@@ -7,7 +7,7 @@ event), `stream_read`, `stream_put_aggregated` and `stream_read_aggregated` (pee
 async-kinesis with its KPL processor). Every contender produces or consumes the same JSON events
 (about 200 bytes, encoded or decoded inside the timed loop) against the same kinesalite, in
 interleaved rounds (median of 3), each on a fresh 4-shard stream. shardflow puts in batches of
-`stream.max_put_records`, as the flusher does: 500 plain, 10,000 aggregated. The aggregated pair
+`stream.max_put_records`, as the flusher does: 500 plain, 1,000 aggregated. The aggregated pair
 runs on 50,000 events (20,000 for the plain pair): at tens of thousands of events/s a shorter
 round lasts a fraction of a second and machine noise swamps the ratio.
 

@@ -93,7 +93,9 @@ async def test_aggregated_put_and_read_through_kinesalite(kinesalite_endpoint: s
     ):
         await writer.create(2)
         records = [PutRecord(f"event-{i}".encode() * 50, f"user-{i % 13}") for i in range(3000)]
-        results = await writer.put_records(records)
+        results = []
+        for lo in range(0, len(records), writer.max_put_records):
+            results += await writer.put_records(records[lo : lo + writer.max_put_records])
         assert all(r.ok for r in results)
         client = await reader._get_client()
         raw: list[bytes] = []
