@@ -9,8 +9,10 @@ Prints two lines, `end_to_end` (embedded SQLite stream) and `end_to_end_kinesis`
 second line, kinesalite; PostgreSQL gets a throwaway database, dropped at the end.
 
 The figure is events LOADED per second (rows committed in `page_views`), not accepted: after a
-warm-up at full speed, a controller sets the generators' rate each second to what the consumers
-drained plus a correction toward a backlog of `--backlog-seconds`, so the pipeline runs
+warm-up at full speed (the generators held to the drain rate once the backlog passes twice the
+controller's target, `warmup_capped_after_s`), a controller sets the generators' rate each
+second to what the consumers drained plus a correction toward a backlog of `--backlog-seconds`,
+so the pipeline runs
 saturated while the backlog (accepted - loaded) stays bounded. While the pipeline runs, loaded
 is the sum of the consumers' `shardflow_sink_rows_total` (rows their commits newly inserted, read
 from each one's `/metrics`): a `count(*)` of `page_views` each second scans the whole growing
@@ -455,11 +457,23 @@ async def _drive_with(
         monitor.watch(f"loadgen{i}" if len(pipeline.generators) > 1 else "loadgen", gen.proc.pid)
 
     startup_s = time.monotonic() - t0
-    # Warm-up at full speed: the consumers' drain rate seeds the controller.
+    # Warm-up at full speed: the consumers' drain rate seeds the controller. Once the backlog
+    # passes twice the controller's target, the generators offer what was drained so far: a
+    # stream slower than the front end (four Kinesis shards) would otherwise pile up minutes of
+    # backlog that the window inherits.
     pipeline.set_rate(0)
     start_loaded, started = await pipeline.loaded(session), time.monotonic()
-    await asyncio.sleep(settings.warmup)
-    pipeline.check_alive()
+    capped_after: float | None = None
+    while (elapsed := time.monotonic() - started) < settings.warmup:
+        await asyncio.sleep(min(0.5, settings.warmup - elapsed))
+        pipeline.check_alive()
+        if capped_after is not None or elapsed < 1.0:
+            continue
+        loaded = await pipeline.loaded(session)
+        drained = max((loaded - start_loaded) / (time.monotonic() - started), 100.0)
+        if pipeline.accepted - loaded > 2 * max(drained * settings.backlog_seconds, 2_000.0):
+            pipeline.set_rate(drained)
+            capped_after = round(time.monotonic() - started, 1)
     drain = max((await pipeline.loaded(session) - start_loaded) / (time.monotonic() - started), 100.0)
     control = Controller(pipeline, session, drain, settings.backlog_seconds)
 
@@ -502,6 +516,7 @@ async def _drive_with(
         "accepted_per_s": round(accepted_per_s, 1),
         "window_s": round(elapsed, 1),
         "warmup_s": settings.warmup,
+        "warmup_capped_after_s": capped_after,
         "max_backlog": int(max_backlog),
         "max_backlog_s": round(max_backlog / loaded_per_s, 2) if loaded_per_s else None,
         "lag_bounded": lag_bounded,
