@@ -47,15 +47,15 @@ class Module:
 
 
 MODULES: tuple[Module, ...] = (
-    Module("ingest", ("ingest_single", "ingest_batch"), 70, 18),
+    Module("ingest", ("ingest_single", "ingest_batch"), 110, 18),
     Module(
         "stream",
         ("stream_put", "stream_read", "stream_put_aggregated", "stream_read_aggregated"),
-        100,
+        80,
         15,
     ),
-    Module("consume", ("consume",), 60, 9),
-    Module("sink", ("sink_postgres", "sink_mysql"), 70, 6),
+    Module("consume", ("consume",), 40, 9),
+    Module("sink", ("sink_postgres", "sink_mysql"), 50, 6),
     Module("leases_scale", ("leases_scale",), 40, 10),
     Module("ingest_latency", ("ingest_stalled",), 40, 12),
     Module("end_to_end", ("end_to_end", "end_to_end_kinesis"), 220, 50),

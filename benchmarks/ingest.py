@@ -8,12 +8,13 @@ interval`: validate, encode, spool, 202, flush to the stream), and the raw limit
 aiohttp+uvloop handler that only parses the same bodies with orjson and answers the same JSON.
 Load generators (`benchmarks.loadgen`, processes of their own, `--generators` of them sharing
 `--connections`) send the same bodies to one server at a time, as fast as it answers, in
-interleaved rounds (A B, B A, A B); each figure is the median of the rounds, counted after a
-one-second warm-up. Two figures: `ingest_single` (one event per request) and `ingest_batch`
-(100-event NDJSON requests). `shardflow` is the reported figure; for diagnosis the line also
-carries `shardflow_noop_stream` and `noop_stream_ratio_limit`: the same front end with a stream
-that takes every put at once and keeps nothing (what the front end costs without the embedded
-stream's SQLite puts).
+interleaved rounds (A B, B A, A B, ...); each figure is the median of the rounds (5, quick 3:
+with one event a request the rate swings by a fifth from round to round on a shared 2-core
+machine), counted after a one-second warm-up. Two figures: `ingest_single` (one event per
+request) and `ingest_batch` (100-event NDJSON requests). `shardflow` is the reported figure;
+for diagnosis the line also carries `shardflow_noop_stream` and `noop_stream_ratio_limit`: the
+same front end with a stream that takes every put at once and keeps nothing (what the front end
+costs without the embedded stream's SQLite puts).
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ingest")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seconds", type=float, default=None, help="measured seconds per round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (5, quick 3)")
     parser.add_argument("--connections", type=int, default=32, help="over all generators")
     parser.add_argument("--generators", type=int, default=1, help="load generator processes")
     parser.add_argument(
@@ -159,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             run_async(_serve_noop(args.serve_noop, args.data_dir))
         return 0
     seconds = args.seconds or (0.75 if args.quick else 2.0)
+    rounds = args.rounds or (3 if args.quick else 5)
     warmup = 0.25 if args.quick else 1.0
     noop = not (args.no_noop or args.quick)
     with tempfile.TemporaryDirectory(prefix="shardflow-bench-ingest-") as tmp:
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
 
                 try:
-                    medians = interleaved({name: contender(name) for name in servers}, rounds=args.rounds)
+                    medians = interleaved({name: contender(name) for name in servers}, rounds=rounds)
                 except Exception as exc:  # one figure failing must not hide the other
                     emit(error_line(bench, f"{type(exc).__name__}: {exc}"))
                     continue
