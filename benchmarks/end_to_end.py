@@ -10,15 +10,14 @@ second line, kinesalite; PostgreSQL gets a throwaway database, dropped at the en
 
 The figure is events LOADED per second (rows committed in `page_views`), not accepted: after a
 warm-up at full speed (the generators held to the drain rate once the backlog passes twice the
-controller's target, `warmup_capped_after_s`), a controller sets the generators' rate each
-second to what the consumers drained plus a correction toward a backlog of `--backlog-seconds`,
-so the pipeline runs
-saturated while the backlog (accepted - loaded) stays bounded. While the pipeline runs, loaded
-is the sum of the consumers' `shardflow_sink_rows_total` (rows their commits newly inserted, read
-from each one's `/metrics`): a `count(*)` of `page_views` each second scans the whole growing
-table, ≈ 120 ms of PostgreSQL CPU at 400k rows, so the probe took ≈ 0.1 of a core halfway
-through a full run and ≈ 0.3 at its end, from the two cores the pipeline has. The final check
-counts the table.
+controller's target, `warmup_capped_after_s`), a controller sets the generators' rate each second
+to what the consumers drained plus a correction toward a backlog of `--backlog-seconds`, so the
+pipeline runs saturated while the backlog (accepted - loaded) stays bounded. While the pipeline
+runs, loaded is the sum of the consumers' `shardflow_sink_rows_total` (rows their commits newly
+inserted, read from each one's `/metrics`): a `count(*)` of `page_views` each second scans the
+whole growing table, ≈ 120 ms of PostgreSQL CPU at 400k rows, so the probe took ≈ 0.1 of a core
+halfway through a full run and ≈ 0.3 at its end, from the two cores the pipeline has. The final
+check counts the table.
 The window opens once the controller has brought the warm-up's backlog down (at most `--settle`
 seconds); the line reports the largest backlog seen in the window. After the window the
 generators stop and the benchmark waits for the backlog to drain and checks that the warehouse

@@ -3,8 +3,8 @@
 Records are taken in spool order (memory first, then the spill on disk) into batches of at most
 500 records and 5 MiB, with up to `concurrency` PutRecords calls in flight. Nagle's rule keeps
 calls large: while a call that did not fill its batch is in flight, the records behind it gather
-until they fill one or that call settles (a lone record still goes out at once; at a few
-thousand single-event requests a second, calls carry ≈ 45 records instead of ≈ 14). A batch retries only
+until they fill one or that call settles (a lone record still goes out at once; at a few thousand
+single-event requests a second, calls carry ≈ 45 records instead of ≈ 14). A batch retries only
 its failed records (per-record error codes) with capped exponential backoff and full jitter,
 longer when throttled; a whole-call failure (`StreamUnavailable`, `Throttled`, a timeout) backs
 off and retries the same records forever while newer events wait on disk.
