@@ -23,8 +23,8 @@ import random
 import time
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Sequence
-from itertools import accumulate, islice, repeat
+from collections.abc import Iterable, Sequence
+from itertools import accumulate, chain, islice, repeat
 from operator import attrgetter
 
 from processor import metrics
@@ -168,15 +168,18 @@ class Flusher:
 
     def _gathering(self) -> bool:
         """Too few records ready to fill a put (Nagle's rule: one small call in flight at most)."""
-        ready = len(self._ready) + len(self._unblocked)
-        if ready >= self.stream.max_put_records:
-            return False
-        size: int = sum(map(_SIZE, self._ready)) + sum(map(_SIZE, self._unblocked))
-        return size < _FULL_BYTES
+        ready = (self._ready, self._unblocked)
+        return self._small(chain.from_iterable(ready), sum(map(len, ready)))
 
     def _is_partial(self, batch: list[Entry]) -> bool:
-        size: int = sum(map(_SIZE, batch))
-        return len(batch) < self.stream.max_put_records and size < _FULL_BYTES
+        return self._small(batch, len(batch))
+
+    def _small(self, entries: Iterable[Entry], count: int) -> bool:
+        """Whether `count` records (`entries`) would not fill a call."""
+        if count >= self.stream.max_put_records:
+            return False
+        size: int = sum(map(_SIZE, entries))
+        return size < _FULL_BYTES
 
     async def _fill(self) -> None:
         """Fill the ready queue from memory, else from the spill on disk, within the hold cap;
