@@ -55,6 +55,7 @@ def make_app(config: IngestConfig, stream: Stream) -> web.Application:
         spool,
         buffer,
         concurrency=config.flush_concurrency,
+        linger=config.flush_linger,
         put_timeout=config.put_timeout,
         probe_interval=config.probe_interval,
     )

@@ -231,3 +231,22 @@ async def test_small_puts_gather_while_one_is_in_flight(
     assert held == 1
     assert proxy.calls["PutRecords"] - before <= 3, proxy.calls
     assert len(events) == 301
+
+
+async def test_a_small_call_lingers_for_more_records(
+    base_config: IngestConfig, proxy: KinesisFaultProxy, kstream: KinesisStream
+) -> None:
+    """With no call in flight, a call that would not fill its batch waits `flush_linger` for more
+    records: five requests sent one after another travel in one PutRecords call (without the
+    linger the first goes alone and the other four gather behind it: two calls)."""
+    config = replace(base_config, flush_linger=0.5)
+    async with FrontEnd(config, kstream) as front, aiohttp.ClientSession() as client:
+        async with client.post(url(front, "/v1/events"), json=event("warm", "k-warm", 0)) as r:
+            assert r.status == 202
+        await eventually(lambda: all_ids(kstream, 1), timeout=30, what="the first event")
+        before = proxy.calls["PutRecords"]
+        for n in range(5):
+            async with client.post(url(front, "/v1/events"), json=event(f"l-{n}", f"k{n}", n)) as r:
+                assert r.status == 202
+        await eventually(lambda: all_ids(kstream, 6), timeout=30, what="five more events")
+    assert proxy.calls["PutRecords"] - before == 1
