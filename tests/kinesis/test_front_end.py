@@ -84,6 +84,8 @@ async def test_stream_not_found_then_back(tmp_path: Path, proxy: KinesisFaultPro
         await stream.create(2)
         async with FrontEnd(config(tmp_path), stream) as front, aiohttp.ClientSession() as client:
             await post_events(client, front, "before", 20)
+            before = {f"before-{i}" for i in range(20)}
+            await eventually(lambda: arrived(stream, before), timeout=30, what="the first events")
             proxy.not_found = True
             await post_events(client, front, "gone", 50)
 
@@ -93,7 +95,7 @@ async def test_stream_not_found_then_back(tmp_path: Path, proxy: KinesisFaultPro
             reason = await eventually(not_ready, timeout=10, what="readyz reports the stream")
             assert "not found" in reason
             proxy.not_found = False
-            expected = {f"before-{i}" for i in range(20)} | {f"gone-{i}" for i in range(50)}
+            expected = before | {f"gone-{i}" for i in range(50)}
             events = await eventually(lambda: arrived(stream, expected), timeout=30, what="all events")
         assert_once_each(events, expected)
 
