@@ -201,6 +201,16 @@ async def test_stop_drains_within_the_timeout_and_the_next_start_sends_the_rest(
         await eventually(lambda: all_ids(kstream, 200), timeout=30, what="200 events after restart")
 
 
+async def warmed_up(
+    front: FrontEnd, client: aiohttp.ClientSession, kstream: KinesisStream, proxy: KinesisFaultProxy
+) -> int:
+    """Put one event through (the client has its shard map then); the PutRecords calls so far."""
+    async with client.post(url(front, "/v1/events"), json=event("warm", "k-warm", 0)) as r:
+        assert r.status == 202
+    await eventually(lambda: all_ids(kstream, 1), timeout=30, what="the first event")
+    return proxy.calls["PutRecords"]
+
+
 async def test_small_puts_gather_while_one_is_in_flight(
     base_config: IngestConfig, proxy: KinesisFaultProxy, kstream: KinesisStream
 ) -> None:
@@ -211,10 +221,7 @@ async def test_small_puts_gather_while_one_is_in_flight(
     call, so a call carries at most one record of a key, whatever the rule."""
     config = replace(base_config, put_timeout=60.0)
     async with FrontEnd(config, kstream) as front, aiohttp.ClientSession() as client:
-        async with client.post(url(front, "/v1/events"), json=event("warm", "k-warm", 0)) as r:
-            assert r.status == 202
-        await eventually(lambda: all_ids(kstream, 1), timeout=30, what="the first event")
-        before = proxy.calls["PutRecords"]
+        before = await warmed_up(front, client, kstream, proxy)
         proxy.stall = True
         for n in range(300):
             async with client.post(url(front, "/v1/events"), json=event(f"n-{n}", f"k{n}", n)) as r:
@@ -238,13 +245,10 @@ async def test_a_small_call_lingers_for_more_records(
 ) -> None:
     """With no call in flight, a call that would not fill its batch waits `flush_linger` for more
     records: five requests sent one after another travel in one PutRecords call (without the
-    linger the first goes alone and the other four gather behind it: two calls)."""
+    linger the first goes alone and the others follow in more calls)."""
     config = replace(base_config, flush_linger=0.5)
     async with FrontEnd(config, kstream) as front, aiohttp.ClientSession() as client:
-        async with client.post(url(front, "/v1/events"), json=event("warm", "k-warm", 0)) as r:
-            assert r.status == 202
-        await eventually(lambda: all_ids(kstream, 1), timeout=30, what="the first event")
-        before = proxy.calls["PutRecords"]
+        before = await warmed_up(front, client, kstream, proxy)
         for n in range(5):
             async with client.post(url(front, "/v1/events"), json=event(f"l-{n}", f"k{n}", n)) as r:
                 assert r.status == 202
