@@ -462,6 +462,10 @@ async def _drive_with(
     # backlog that the window inherits.
     pipeline.set_rate(0)
     start_loaded, started = await pipeline.loaded(session), time.monotonic()
+
+    def drained(loaded: int) -> float:
+        return max((loaded - start_loaded) / (time.monotonic() - started), 100.0)
+
     capped_after: float | None = None
     while (elapsed := time.monotonic() - started) < settings.warmup:
         await asyncio.sleep(min(0.5, settings.warmup - elapsed))
@@ -469,12 +473,10 @@ async def _drive_with(
         if capped_after is not None or elapsed < 1.0:
             continue
         loaded = await pipeline.loaded(session)
-        drained = max((loaded - start_loaded) / (time.monotonic() - started), 100.0)
-        if pipeline.accepted - loaded > 2 * max(drained * settings.backlog_seconds, 2_000.0):
-            pipeline.set_rate(drained)
+        if pipeline.accepted - loaded > 2 * max(drained(loaded) * settings.backlog_seconds, 2_000.0):
+            pipeline.set_rate(drained(loaded))
             capped_after = round(time.monotonic() - started, 1)
-    drain = max((await pipeline.loaded(session) - start_loaded) / (time.monotonic() - started), 100.0)
-    control = Controller(pipeline, session, drain, settings.backlog_seconds)
+    control = Controller(pipeline, session, drained(await pipeline.loaded(session)), settings.backlog_seconds)
 
     # Settle: let the controller bring the warm-up's backlog down before the window opens.
     settle_started = time.monotonic()

@@ -86,7 +86,8 @@ class Flusher:
         self.probe_interval = probe_interval
         self.max_held_bytes = max_held_bytes or 2 * self.concurrency * MAX_PUT_BYTES
         self.linger = linger
-        """Seconds a call that would not fill its batch waits for more records (none in flight)."""
+        """Seconds a call that would not fill its batch waits for more records, when no such call
+        is in flight already (then Nagle's rule gathers the records instead)."""
         self.stream_error: str | None = "the stream has not answered yet"
         """Why the stream is thought unreachable; None once it answered."""
         self._last_ok = 0.0
